@@ -184,7 +184,7 @@ impl Buddy {
 
     /// `n` frames in as few runs as the free lists allow; all or nothing.
     pub(crate) fn alloc_anywhere(&mut self, n: u64, min_order: u32) -> Option<Vec<FrameRun>> {
-        if n == 0 || n > self.free_frames || n % (1 << min_order) != 0 {
+        if n == 0 || n > self.free_frames || !n.is_multiple_of(1 << min_order) {
             return None;
         }
         let mut out: Vec<FrameRun> = Vec::new();
@@ -252,6 +252,20 @@ impl Buddy {
         pfn < self.nframes && self.containing_free_block(pfn).is_some()
     }
 
+    /// Every free block, as runs.
+    pub(crate) fn free_blocks(&self) -> Vec<FrameRun> {
+        let mut out = Vec::new();
+        for k in 0..=self.max_order {
+            let mut cur = self.heads[k as usize];
+            while cur != NIL {
+                let p = dec(cur);
+                out.push(FrameRun::new(Pfn::new(p), 1 << k));
+                cur = self.next[p as usize];
+            }
+        }
+        out
+    }
+
     pub(crate) fn free_frames(&self) -> u64 {
         self.free_frames
     }
@@ -306,7 +320,7 @@ impl Buddy {
             let mut n = 0u64;
             while cur != NIL {
                 let p = dec(cur);
-                if p % (1 << k) != 0 || p + (1 << k) > self.nframes {
+                if !p.is_multiple_of(1 << k) || p + (1 << k) > self.nframes {
                     bad.push(format!("order {k} block at {p} misaligned or out of range"));
                     break;
                 }
@@ -324,7 +338,10 @@ impl Buddy {
                 }
             }
             if n != self.free_blocks[k as usize] {
-                bad.push(format!("order {k}: {n} blocks listed, {} counted", self.free_blocks[k as usize]));
+                bad.push(format!(
+                    "order {k}: {n} blocks listed, {} counted",
+                    self.free_blocks[k as usize]
+                ));
             }
         }
         if total != self.free_frames {
@@ -407,7 +424,10 @@ mod tests {
     fn buddy_dirty_tracking() {
         let mut b = full(128);
         b.set_dirty(FrameRun::new(Pfn::new(3), 4), true);
-        assert_eq!(b.dirty_runs(FrameRun::new(Pfn::new(0), 10)), vec![FrameRun::new(Pfn::new(3), 4)]);
+        assert_eq!(
+            b.dirty_runs(FrameRun::new(Pfn::new(0), 10)),
+            vec![FrameRun::new(Pfn::new(3), 4)]
+        );
         b.set_dirty(FrameRun::new(Pfn::new(4), 1), false);
         assert_eq!(b.dirty_runs(FrameRun::new(Pfn::new(0), 10)).len(), 2);
     }

@@ -90,7 +90,13 @@ pub struct MmapRequest {
 impl MmapRequest {
     /// Anonymous read-write memory.
     pub fn anonymous(len: u64) -> MmapRequest {
-        MmapRequest { addr: None, len, prot: Prot::READ | Prot::WRITE, flags: MapFlags::empty(), kind: MapKind::Anonymous }
+        MmapRequest {
+            addr: None,
+            len,
+            prot: Prot::READ | Prot::WRITE,
+            flags: MapFlags::empty(),
+            kind: MapKind::Anonymous,
+        }
     }
     /// A read-write shared mapping of a file.
     pub fn file(backing: Arc<dyn FileBacking>, offset: FileOffset, len: u64) -> MmapRequest {
@@ -195,10 +201,12 @@ pub(crate) fn pages_of(addr: VirtAddr, len: u64, unit: u64, op: &str) -> Result<
     if len == 0 {
         return Err(MmError::invalid(format!("{op}: zero length")));
     }
-    if addr.raw() % unit != 0 {
+    if !addr.raw().is_multiple_of(unit) {
         return Err(MmError::invalid(format!("{op}: address {addr} not aligned to {unit}")));
     }
-    let len = len.checked_next_multiple_of(unit).ok_or_else(|| MmError::invalid(format!("{op}: length overflows")))?;
+    let len = len
+        .checked_next_multiple_of(unit)
+        .ok_or_else(|| MmError::invalid(format!("{op}: length overflows")))?;
     let end = addr.raw().checked_add(len).filter(|e| *e <= VA_END);
     let Some(end) = end else {
         return Err(MmError::invalid(format!("{op}: {addr}+{len} beyond the user address space")));
@@ -257,8 +265,14 @@ impl AddressSpace {
 
     /// Subscribes `ops` to `[addr, addr + len)`: every change of a translation there calls it
     /// first. Dropping the handle unsubscribes.
-    pub fn subscribe(&self, addr: VirtAddr, len: u64, ops: Weak<dyn IntervalNotifier>) -> Result<NotifierHandle> {
-        let range = VirtRange::new(addr, len).ok_or_else(|| MmError::invalid("notifier range overflows"))?;
+    pub fn subscribe(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+        ops: Weak<dyn IntervalNotifier>,
+    ) -> Result<NotifierHandle> {
+        let range = VirtRange::new(addr, len)
+            .ok_or_else(|| MmError::invalid("notifier range overflows"))?;
         self.mmu.hub.subscribe(range, ops)
     }
 
@@ -272,7 +286,9 @@ impl AddressSpace {
                     return Err(MmError::invalid("mmap: MAP_HUGETLB on a file mapping"));
                 }
                 if !is_page_aligned(offset.raw()) {
-                    return Err(MmError::invalid(format!("mmap: file offset {offset} not page aligned")));
+                    return Err(MmError::invalid(format!(
+                        "mmap: file offset {offset} not page aligned"
+                    )));
                 }
                 if offset.raw().checked_add(req.len).is_none() {
                     return Err(MmError::invalid("mmap: file offset + length overflows"));
@@ -286,7 +302,8 @@ impl AddressSpace {
         if vmas.len() >= MAX_VMAS {
             return Err(MmError::TooManyMappings { count: vmas.len() });
         }
-        let pages = req.len.checked_next_multiple_of(unit).filter(|l| *l > 0).map(|l| l / PAGE_SIZE);
+        let pages =
+            req.len.checked_next_multiple_of(unit).filter(|l| *l > 0).map(|l| l / PAGE_SIZE);
         let Some(pages) = pages else {
             return Err(MmError::invalid("mmap: zero or overflowing length"));
         };
@@ -302,12 +319,16 @@ impl AddressSpace {
                 }
                 lo
             }
-            Some(a) if a.raw() % unit == 0
-                && pages_of(a, req.len, unit, "mmap").is_ok_and(|(lo, hi)| vmas.is_free(lo, hi)) =>
+            Some(a)
+                if a.raw() % unit == 0
+                    && pages_of(a, req.len, unit, "mmap")
+                        .is_ok_and(|(lo, hi)| vmas.is_free(lo, hi)) =>
             {
                 a.vpn()
             }
-            _ => vmas.find_free(pages, unit / PAGE_SIZE).ok_or(MmError::NoVirtualSpace { len: req.len })?,
+            _ => vmas
+                .find_free(pages, unit / PAGE_SIZE)
+                .ok_or(MmError::NoVirtualSpace { len: req.len })?,
         };
         let vma = Vma { start: lo, end: lo + pages, prot: req.prot, kind };
         vmas.insert(vma.clone());
@@ -355,7 +376,13 @@ impl AddressSpace {
         self.mmu.mem.rmap.replace(&self.mmu, &[&old], &[&head, &tail], || {});
     }
 
-    fn unmap_locked(&self, vmas: &mut VmaTree, lo: u64, hi: u64, reason: InvalidateReason) -> Result<()> {
+    fn unmap_locked(
+        &self,
+        vmas: &mut VmaTree,
+        lo: u64,
+        hi: u64,
+        reason: InvalidateReason,
+    ) -> Result<()> {
         Self::check_huge_cuts(vmas, lo, hi)?;
         self.split_locked(vmas, lo);
         self.split_locked(vmas, hi);
@@ -370,9 +397,18 @@ impl AddressSpace {
     }
 
     /// `mremap`: shrinks, grows in place, or moves `[old, old + old_len)`.
-    pub fn mremap(&self, old: VirtAddr, old_len: u64, new_len: u64, flags: RemapFlags, new_addr: Option<VirtAddr>) -> Result<VirtAddr> {
+    pub fn mremap(
+        &self,
+        old: VirtAddr,
+        old_len: u64,
+        new_len: u64,
+        flags: RemapFlags,
+        new_addr: Option<VirtAddr>,
+    ) -> Result<VirtAddr> {
         if old_len == 0 {
-            return Err(MmError::invalid("mremap: old length 0 (duplicating shared mappings) is not supported"));
+            return Err(MmError::invalid(
+                "mremap: old length 0 (duplicating shared mappings) is not supported",
+            ));
         }
         if new_len == 0 {
             return Err(MmError::invalid("mremap: new length 0"));
@@ -387,12 +423,16 @@ impl AddressSpace {
         let vma = vmas.find(old.vpn()).cloned().ok_or(MmError::NotMapped { addr: old })?;
         let unit = if vma.is_huge() { HUGE_PAGE_SIZE } else { PAGE_SIZE };
         let (olo, ohi) = pages_of(old, old_len, unit, "mremap")?;
-        let new_pages = new_len.checked_next_multiple_of(unit).ok_or_else(|| MmError::invalid("mremap: length overflows"))? / PAGE_SIZE;
+        let new_pages = new_len
+            .checked_next_multiple_of(unit)
+            .ok_or_else(|| MmError::invalid("mremap: length overflows"))?
+            / PAGE_SIZE;
         if ohi > vma.end {
             return Err(MmError::NotMapped { addr: VirtAddr::from_vpn(vma.end) });
         }
         if flags.contains(RemapFlags::FIXED) {
-            let to = new_addr.ok_or_else(|| MmError::invalid("mremap: MREMAP_FIXED without an address"))?;
+            let to = new_addr
+                .ok_or_else(|| MmError::invalid("mremap: MREMAP_FIXED without an address"))?;
             let (nlo, nhi) = pages_of(to, new_len, unit, "mremap")?;
             if nlo < ohi && olo < nhi {
                 return Err(MmError::invalid("mremap: new range overlaps the old one"));
@@ -419,14 +459,23 @@ impl AddressSpace {
         if !flags.contains(RemapFlags::MAYMOVE) {
             return Err(MmError::NoVirtualSpace { len: new_len });
         }
-        let nlo = vmas.find_free(new_pages, unit / PAGE_SIZE).ok_or(MmError::NoVirtualSpace { len: new_len })?;
+        let nlo = vmas
+            .find_free(new_pages, unit / PAGE_SIZE)
+            .ok_or(MmError::NoVirtualSpace { len: new_len })?;
         self.move_locked(&mut vmas, olo, ohi, nlo, new_pages)?;
         Ok(VirtAddr::from_vpn(nlo))
     }
 
     /// Moves pages `[olo, ohi)` (inside one VMA) to a new VMA at `nlo` of `new_pages` pages
     /// (≥ the old size; the tail faults in fresh).
-    fn move_locked(&self, vmas: &mut VmaTree, olo: u64, ohi: u64, nlo: u64, new_pages: u64) -> Result<()> {
+    fn move_locked(
+        &self,
+        vmas: &mut VmaTree,
+        olo: u64,
+        ohi: u64,
+        nlo: u64,
+        new_pages: u64,
+    ) -> Result<()> {
         Self::check_huge_cuts(vmas, olo, ohi)?;
         self.split_locked(vmas, olo);
         self.split_locked(vmas, ohi);
@@ -473,7 +522,10 @@ impl AddressSpace {
         if downgrade {
             let _inv = self.mmu.hub.invalidate(page_range(lo, hi), InvalidateReason::Protection);
             if !prot.contains(Prot::WRITE) {
-                self.mmu.pt.write().walk_mut(lo, hi, &mut |_, pte, _| pte.flags.remove(PteFlags::WRITE));
+                self.mmu
+                    .pt
+                    .write()
+                    .walk_mut(lo, hi, &mut |_, pte, _| pte.flags.remove(PteFlags::WRITE));
             }
         }
         Ok(())
@@ -498,7 +550,11 @@ impl AddressSpace {
         self.vmas
             .read()
             .iter()
-            .map(|v| MappingInfo { range: page_range(v.start, v.end), prot: v.prot, kind: v.kind.clone() })
+            .map(|v| MappingInfo {
+                range: page_range(v.start, v.end),
+                prot: v.prot,
+                kind: v.kind.clone(),
+            })
             .collect()
     }
 

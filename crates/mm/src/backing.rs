@@ -61,7 +61,12 @@ pub trait FileBacking: Send + Sync + fmt::Debug {
     /// calls `install` with it while the file's layout cannot change, so a concurrent layout
     /// change either sees the new translation (and zaps it) or happens before the lookup.
     /// Beyond the end of the file: `MmError::BeyondEof` (SIGBUS).
-    fn fault(&self, pgoff: u64, write: bool, install: &mut dyn FnMut(Pfn) -> Result<()>) -> Result<()>;
+    fn fault(
+        &self,
+        pgoff: u64,
+        write: bool,
+        install: &mut dyn FnMut(Pfn) -> Result<()>,
+    ) -> Result<()>;
 
     /// Asks permission for a long-term pin of file pages `pgoffs` (the pin policy decides;
     /// refusals carry their errno, e.g. `EOPNOTSUPP`, `EPERM`, `EFAULT`).

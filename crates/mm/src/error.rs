@@ -160,7 +160,9 @@ pub enum MmError {
         free: u64,
     },
     /// The per-context limit on pinned memory (the RLIMIT_MEMLOCK analogue) would be exceeded.
-    #[error("pin limit: {pinned} bytes pinned + {requested} requested exceeds the limit of {limit}")]
+    #[error(
+        "pin limit: {pinned} bytes pinned + {requested} requested exceeds the limit of {limit}"
+    )]
     PinLimit {
         /// Bytes already pinned by the context.
         pinned: u64,

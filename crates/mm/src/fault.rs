@@ -87,8 +87,11 @@ impl AddressSpace {
         if self.present_or_upgrade(vma, vpn, write, true) {
             return Ok(());
         }
-        let (base, n, placement) =
-            if huge { (vpn & !(FRAMES_PER_HUGE - 1), FRAMES_PER_HUGE, Placement::Huge) } else { (vpn, 1, Placement::Contiguous) };
+        let (base, n, placement) = if huge {
+            (vpn & !(FRAMES_PER_HUGE - 1), FRAMES_PER_HUGE, Placement::Huge)
+        } else {
+            (vpn, 1, Placement::Contiguous)
+        };
         let mem = self.memory();
         let runs = mem.alloc(n, placement, Owner::Anonymous, true)?;
         debug_assert_eq!(runs.len(), 1);
@@ -109,7 +112,14 @@ impl AddressSpace {
         Ok(())
     }
 
-    fn fault_file(&self, vma: &Vma, backing: &dyn FileBacking, vpn: u64, pgoff: u64, write: bool) -> Result<()> {
+    fn fault_file(
+        &self,
+        vma: &Vma,
+        backing: &dyn FileBacking,
+        vpn: u64,
+        pgoff: u64,
+        write: bool,
+    ) -> Result<()> {
         if self.present_or_upgrade(vma, vpn, write, false) {
             return Ok(());
         }
@@ -119,9 +129,14 @@ impl AddressSpace {
             let mut pt = self.mmu.pt.write();
             match pt.lookup(vpn) {
                 Some(m) => {
-                    assert_eq!(m.pte.pfn, pfn, "stale translation at {vpn:#x}: a layout change did not zap");
+                    assert_eq!(
+                        m.pte.pfn, pfn,
+                        "stale translation at {vpn:#x}: a layout change did not zap"
+                    );
                     if writable {
-                        pt.walk_mut(vpn, vpn + 1, &mut |_, p, _| p.flags |= PteFlags::WRITE | PteFlags::DIRTY);
+                        pt.walk_mut(vpn, vpn + 1, &mut |_, p, _| {
+                            p.flags |= PteFlags::WRITE | PteFlags::DIRTY
+                        });
                     }
                 }
                 None => {
@@ -139,7 +154,13 @@ impl AddressSpace {
     }
 
     /// Faults in every page of `[lo, hi)` (all mapped: the caller checked).
-    pub(crate) fn populate_locked(&self, vmas: &VmaTree, lo: u64, hi: u64, write: bool) -> Result<()> {
+    pub(crate) fn populate_locked(
+        &self,
+        vmas: &VmaTree,
+        lo: u64,
+        hi: u64,
+        write: bool,
+    ) -> Result<()> {
         let parts: Vec<Vma> = vmas.overlapping(lo, hi).cloned().collect();
         for v in parts {
             let (a, b) = (lo.max(v.start), hi.min(v.end));
@@ -191,7 +212,8 @@ impl AddressSpace {
             return Ok(());
         }
         let mem = self.memory();
-        let runs = mem.alloc(absent.len() as u64, alloc::Placement::Anywhere, Owner::Anonymous, true)?;
+        let runs =
+            mem.alloc(absent.len() as u64, alloc::Placement::Anywhere, Owner::Anonymous, true)?;
         let flags = leaf_flags(vma.prot.contains(Prot::WRITE), write);
         let mut spare = Vec::new();
         {
@@ -214,7 +236,13 @@ impl AddressSpace {
 
     /// Copies `[addr, addr + len)` through the page table, faulting as needed; `f(pool_offset,
     /// buffer_offset, n)` moves the bytes of each piece.
-    fn access(&self, addr: VirtAddr, len: u64, write: bool, f: &mut dyn FnMut(PoolOffset, usize, usize) -> Result<()>) -> Result<()> {
+    fn access(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+        write: bool,
+        f: &mut dyn FnMut(PoolOffset, usize, usize) -> Result<()>,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -260,13 +288,17 @@ impl AddressSpace {
     /// SIGBUS-equivalent beyond the end of a mapped file).
     pub fn read(&self, addr: VirtAddr, buf: &mut [u8]) -> Result<()> {
         let pool = self.memory().pool();
-        self.access(addr, buf.len() as u64, false, &mut |at, off, n| pool.read(at, &mut buf[off..off + n]))
+        self.access(addr, buf.len() as u64, false, &mut |at, off, n| {
+            pool.read(at, &mut buf[off..off + n])
+        })
     }
 
     /// Writes `data` at `addr` (CPU store semantics).
     pub fn write(&self, addr: VirtAddr, data: &[u8]) -> Result<()> {
         let pool = self.memory().pool();
-        self.access(addr, data.len() as u64, true, &mut |at, off, n| pool.write(at, &data[off..off + n]))
+        self.access(addr, data.len() as u64, true, &mut |at, off, n| {
+            pool.write(at, &data[off..off + n])
+        })
     }
 
     /// The frame mapped at `addr`, without faulting.
@@ -278,8 +310,14 @@ impl AddressSpace {
     /// `hmm_range_fault`: faults `[addr, addr + len)` in (for writing if `write`) and appends
     /// the frame of every page to `out`, without pinning. Callers must validate the result
     /// with their notifier subscription (`read_begin` before, `read_retry` after).
-    pub fn range_fault(&self, addr: VirtAddr, len: u64, write: bool, out: &mut Vec<Pfn>) -> Result<()> {
-        if !addr.is_page_aligned() || len % PAGE_SIZE != 0 {
+    pub fn range_fault(
+        &self,
+        addr: VirtAddr,
+        len: u64,
+        write: bool,
+        out: &mut Vec<Pfn>,
+    ) -> Result<()> {
+        if !addr.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
             return Err(MmError::invalid("range_fault: unaligned range"));
         }
         let (lo, hi) = pages_of(addr, len, PAGE_SIZE, "range_fault")?;

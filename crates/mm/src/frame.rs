@@ -190,11 +190,19 @@ impl FrameTable {
             let i = self.idx(pfn);
             let mut f = flags;
             if huge {
-                f |= if pfn.is_huge_aligned() { FrameFlags::HUGE_HEAD } else { FrameFlags::HUGE_TAIL };
+                f |= if pfn.is_huge_aligned() {
+                    FrameFlags::HUGE_HEAD
+                } else {
+                    FrameFlags::HUGE_TAIL
+                };
             }
             let w = owner.encode() | (u64::from(f.bits()) << FLAGS_SHIFT);
             let old = self.state[i].swap(w, Ordering::AcqRel);
-            assert_eq!(Owner::decode(old), Owner::Free, "{pfn} claimed for {owner:?} while not free");
+            assert_eq!(
+                Owner::decode(old),
+                Owner::Free,
+                "{pfn} claimed for {owner:?} while not free"
+            );
             assert_eq!(self.refs[i].load(Ordering::Acquire), 0, "{pfn} claimed with references");
             assert_eq!(self.pins[i].load(Ordering::Acquire), 0, "{pfn} claimed while pinned");
         }
@@ -305,13 +313,21 @@ impl FrameTable {
             let pfn = Pfn::new(i as u64);
             let info = self.info(pfn);
             if info.owner == Owner::Free && (info.refs | info.pins | info.maps) != 0 {
-                bad.push(format!("free {pfn} has refs={} pins={} maps={}", info.refs, info.pins, info.maps));
+                bad.push(format!(
+                    "free {pfn} has refs={} pins={} maps={}",
+                    info.refs, info.pins, info.maps
+                ));
             }
-            if info.flags.contains(FrameFlags::HUGE_TAIL) && (info.refs | info.pins | info.maps) != 0 {
+            if info.flags.contains(FrameFlags::HUGE_TAIL)
+                && (info.refs | info.pins | info.maps) != 0
+            {
                 bad.push(format!("huge tail {pfn} carries counts"));
             }
             if u64::from(info.pins) + u64::from(info.maps) > u64::from(info.refs) {
-                bad.push(format!("{pfn}: pins {} + maps {} > refs {}", info.pins, info.maps, info.refs));
+                bad.push(format!(
+                    "{pfn}: pins {} + maps {} > refs {}",
+                    info.pins, info.maps, info.refs
+                ));
             }
             if bad.len() > 32 {
                 break;
@@ -379,7 +395,12 @@ mod tests {
     #[should_panic(expected = "invariant 1")]
     fn frame_free_while_pinned_is_a_violation() {
         let t = FrameTable::new(16);
-        t.claim(FrameRun::new(Pfn::new(1), 1), Owner::FileBlock(FileId::new(1)), FrameFlags::empty(), false);
+        t.claim(
+            FrameRun::new(Pfn::new(1), 1),
+            Owner::FileBlock(FileId::new(1)),
+            FrameFlags::empty(),
+            false,
+        );
         t.pin(Pfn::new(1));
         t.release(FrameRun::new(Pfn::new(1), 1));
     }

@@ -56,13 +56,15 @@ pub use clock::{Clock, ManualClock, RealClock};
 pub use error::{Errno, MmError, Result};
 pub use frame::{FILE_ID_MAX, FrameFlags, FrameInfo, FrameTable, Owner};
 pub use memory::{MemStats, Memory};
-pub use notifier::{InvalidateReason, IntervalNotifier, Invalidation, NotifierHandle, Subscription};
+pub use notifier::{
+    IntervalNotifier, InvalidateReason, Invalidation, NotifierHandle, Subscription,
+};
 pub use pagetable::VPN_LIMIT;
 pub use pin::{Pin, PinFlags, PinId, PinInfo, pin_user_pages};
 pub use pool::{Pool, PoolBacking};
 pub use rmap::{FileMapping, ZapReport};
 pub use types::{
-    AspaceId, FRAMES_PER_HUGE, FileId, FileOffset, FrameRun, HUGE_ORDER, HUGE_PAGE_SIZE, PAGE_SHIFT,
-    PAGE_SIZE, Pfn, PoolOffset, VirtAddr, VirtRange, is_page_aligned, page_align_up,
+    AspaceId, FRAMES_PER_HUGE, FileId, FileOffset, FrameRun, HUGE_ORDER, HUGE_PAGE_SIZE,
+    PAGE_SHIFT, PAGE_SIZE, Pfn, PoolOffset, VirtAddr, VirtRange, is_page_aligned, page_align_up,
 };
 pub use vma::{Prot, VmaKind};

@@ -23,6 +23,6 @@ pub const DEFAULT_PIN_LIMIT_BYTES: u64 = 1 << 40;
 pub const PIN_COUNT_MAX: u32 = 1 << 21;
 /// Notifier subscriptions per address space: one per ODP MR; bounded to cap memory.
 pub const MAX_NOTIFIERS: usize = 1 << 20;
-/// A run freed in one piece at least this long is returned to the OS (hole punched in the pool
-/// file), which also makes it known-zero; shorter runs are zeroed when next handed out.
+/// `Memory::trim` returns free runs at least this long to the OS (a hole punch per run costs a
+/// system call; shorter runs are not worth it).
 pub const DISCARD_MIN_FRAMES: u64 = 16;

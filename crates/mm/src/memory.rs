@@ -66,7 +66,7 @@ pub struct MemStats {
     pub faults: u64,
     /// Frames zeroed on allocation.
     pub frames_zeroed: u64,
-    /// Frames returned to the OS on free.
+    /// Frames returned to the OS by [`Memory::trim`].
     pub frames_discarded: u64,
     /// Live pins.
     pub live_pins: usize,
@@ -136,12 +136,20 @@ impl Memory {
 
     /// Allocates `n` frames for `owner`. `zero` guarantees they read as zeros. Huge placement
     /// needs `n` to be a multiple of 512 and makes compound frames.
-    pub fn alloc(&self, n: u64, placement: Placement, owner: Owner, zero: bool) -> Result<Vec<FrameRun>> {
+    pub fn alloc(
+        &self,
+        n: u64,
+        placement: Placement,
+        owner: Owner,
+        zero: bool,
+    ) -> Result<Vec<FrameRun>> {
         if n == 0 {
             return Err(MmError::invalid("allocation of 0 frames"));
         }
-        if placement == Placement::Huge && n % FRAMES_PER_HUGE != 0 {
-            return Err(MmError::invalid(format!("huge allocation of {n} frames: not whole huge frames")));
+        if placement == Placement::Huge && !n.is_multiple_of(FRAMES_PER_HUGE) {
+            return Err(MmError::invalid(format!(
+                "huge allocation of {n} frames: not whole huge frames"
+            )));
         }
         let (runs, dirty) = {
             let mut b = self.buddy.lock();
@@ -153,7 +161,11 @@ impl Memory {
             let Some(runs) = got else {
                 return Err(MmError::OutOfFrames { requested: n, free: b.free_frames() });
             };
-            let dirty: Vec<FrameRun> = if zero { runs.iter().flat_map(|r| b.dirty_runs(*r)).collect() } else { Vec::new() };
+            let dirty: Vec<FrameRun> = if zero {
+                runs.iter().flat_map(|r| b.dirty_runs(*r)).collect()
+            } else {
+                Vec::new()
+            };
             for r in &runs {
                 b.set_dirty(*r, true);
             }
@@ -162,7 +174,8 @@ impl Memory {
         for d in dirty {
             self.zero_run(d)?;
         }
-        let movable = if owner == Owner::Anonymous { FrameFlags::MOVABLE } else { FrameFlags::empty() };
+        let movable =
+            if owner == Owner::Anonymous { FrameFlags::MOVABLE } else { FrameFlags::empty() };
         for r in &runs {
             self.frames.claim(*r, owner, movable, placement == Placement::Huge);
         }
@@ -170,8 +183,10 @@ impl Memory {
     }
 
     fn zero_run(&self, r: FrameRun) -> Result<()> {
+        // memset, not a hole punch: the host kernel takes ~2 µs a page to populate a memfd
+        // page again after a punch, ten times the cost of zeroing one that is resident.
         self.counters.frames_zeroed.fetch_add(r.count, Ordering::Relaxed);
-        if r.count >= DISCARD_MIN_FRAMES { self.pool.discard(r.pfn.offset(), r.bytes()) } else { self.pool.fill(r.pfn.offset(), r.bytes(), 0) }
+        self.pool.fill(r.pfn.offset(), r.bytes(), 0)
     }
 
     /// Claims specific free frames for `owner` (mounting a filesystem). `EEXIST` if any is in
@@ -198,27 +213,26 @@ impl Memory {
     }
 
     fn give_back(&self, runs: &[FrameRun]) {
-        let mut discard = Vec::new();
-        {
-            let mut b = self.buddy.lock();
-            for r in runs {
-                b.free_range(*r);
-                if r.count >= DISCARD_MIN_FRAMES {
-                    b.set_dirty(*r, false);
-                    discard.push(*r);
-                }
-            }
+        let mut b = self.buddy.lock();
+        for r in runs {
+            b.free_range(*r);
         }
-        // Discarding after the frames are back in the allocator is safe: a concurrent
-        // allocation that takes them either sees them dirty (and zeroes) or clean (punched).
-        for r in discard {
+    }
+
+    /// Returns the memory of free runs of at least [`DISCARD_MIN_FRAMES`] frames to the OS
+    /// (holes punched in the pool file); they read as zeros afterwards and cost nothing until
+    /// used again. Freed frames are otherwise kept resident and zeroed when next handed out,
+    /// as the kernel does. Returns the bytes returned.
+    pub fn trim(&self) -> Result<u64> {
+        let mut b = self.buddy.lock();
+        let mut bytes = 0;
+        for r in b.free_blocks().into_iter().filter(|r| r.count >= DISCARD_MIN_FRAMES) {
+            self.pool.discard(r.pfn.offset(), r.bytes())?;
+            b.set_dirty(r, false);
+            bytes += r.bytes();
             self.counters.frames_discarded.fetch_add(r.count, Ordering::Relaxed);
-            // A failed punch only means the memory is not returned early; the frames were
-            // marked known-zero above, so fall back to zeroing them to keep that true.
-            if self.pool.discard(r.pfn.offset(), r.bytes()).is_err() {
-                let _ = self.pool.fill(r.pfn.offset(), r.bytes(), 0);
-            }
         }
+        Ok(bytes)
     }
 
     /// Drops references to head frames; frames whose owner is gone (anonymous, orphan) and
@@ -232,7 +246,11 @@ impl Memory {
                 Release::Unpin => self.frames.unpin(h),
             };
             if left == 0 && self.frames.owner(h).freed_on_last_ref() {
-                let n = if self.frames.info(h).flags.contains(FrameFlags::HUGE_HEAD) { FRAMES_PER_HUGE } else { 1 };
+                let n = if self.frames.info(h).flags.contains(FrameFlags::HUGE_HEAD) {
+                    FRAMES_PER_HUGE
+                } else {
+                    1
+                };
                 let run = FrameRun::new(h, n);
                 self.frames.release(run);
                 match free.last_mut() {
@@ -272,7 +290,8 @@ impl Memory {
     /// to the allocator to be reused. Only the `unsafe` pin policy calls this. Returns the
     /// number of frames that were pinned.
     pub fn free_reuse_under_dma(&self, run: FrameRun) -> u64 {
-        let pins: Vec<Arc<PinInner>> = self.pins.lock().values().filter_map(Weak::upgrade).collect();
+        let pins: Vec<Arc<PinInner>> =
+            self.pins.lock().values().filter_map(Weak::upgrade).collect();
         let mut reused = 0;
         for pfn in run.iter() {
             if self.frames.info(pfn).pins == 0 {
@@ -299,14 +318,20 @@ impl Memory {
 
     /// Live pins that hold any frame of `run` (admin views: who pins this block?).
     pub fn pins_on(&self, run: FrameRun) -> Vec<PinInfo> {
-        let pins: Vec<Arc<PinInner>> = self.pins.lock().values().filter_map(Weak::upgrade).collect();
+        let pins: Vec<Arc<PinInner>> =
+            self.pins.lock().values().filter_map(Weak::upgrade).collect();
         pins.iter().filter(|p| p.overlaps_frames(run)).map(|p| p.info()).collect()
     }
 
     /// Zaps every mapping of file pages `pages` in every address space; subscribers are
     /// invalidated before this returns (the filesystem calls it under its file lock, before
     /// it frees or moves blocks).
-    pub fn zap_file_range(&self, file: FileId, pages: Range<u64>, reason: InvalidateReason) -> ZapReport {
+    pub fn zap_file_range(
+        &self,
+        file: FileId,
+        pages: Range<u64>,
+        reason: InvalidateReason,
+    ) -> ZapReport {
         self.rmap.zap(file, pages, reason)
     }
 
@@ -345,11 +370,18 @@ impl Memory {
             let pfn = Pfn::new(i);
             let info = self.frames.info(pfn);
             if b.is_free(i) != (info.owner == Owner::Free) {
-                bad.push(format!("{pfn}: allocator free={} but owner {:?}", b.is_free(i), info.owner));
+                bad.push(format!(
+                    "{pfn}: allocator free={} but owner {:?}",
+                    b.is_free(i),
+                    info.owner
+                ));
             }
             let want = expect_pins.get(&pfn).copied().unwrap_or(0);
             if info.pins != want {
-                bad.push(format!("{pfn}: pin count {} but live pins hold it {want} times", info.pins));
+                bad.push(format!(
+                    "{pfn}: pin count {} but live pins hold it {want} times",
+                    info.pins
+                ));
             }
             if bad.len() > 32 {
                 break;

@@ -171,7 +171,11 @@ pub(crate) struct NotifierHub {
 impl fmt::Debug for NotifierHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.state.lock();
-        f.debug_struct("NotifierHub").field("seq", &st.seq).field("active", &st.active).field("subscriptions", &st.count).finish()
+        f.debug_struct("NotifierHub")
+            .field("seq", &st.seq)
+            .field("active", &st.active)
+            .field("subscriptions", &st.count)
+            .finish()
     }
 }
 
@@ -271,7 +275,11 @@ impl NotifierHub {
 
     /// Starts an invalidation of `range`: calls every overlapping subscriber synchronously and
     /// returns a guard that ends the invalidation (after the caller changed the page table).
-    pub(crate) fn invalidate(&self, range: VirtRange, reason: InvalidateReason) -> InvalidateGuard<'_> {
+    pub(crate) fn invalidate(
+        &self,
+        range: VirtRange,
+        reason: InvalidateReason,
+    ) -> InvalidateGuard<'_> {
         let (cur_seq, subs) = {
             let mut st = self.state.lock();
             if st.active == 0 {
@@ -336,7 +344,8 @@ mod tests {
     fn notifier_only_overlapping_subscribers_called() {
         let hub = NotifierHub::new();
         let c = Arc::new(Counter::default());
-        let w: Weak<dyn IntervalNotifier> = Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
+        let w: Weak<dyn IntervalNotifier> =
+            Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
         let h1 = hub.subscribe(r(0x1000, 0x1000), w.clone()).unwrap();
         let h2 = hub.subscribe(r(0x1000, 0x1000), w.clone()).unwrap();
         let _h3 = hub.subscribe(r(0x10000, 0x1000), w).unwrap();
@@ -353,7 +362,8 @@ mod tests {
     fn notifier_sequence_odd_while_active() {
         let hub = NotifierHub::new();
         let c = Arc::new(Counter::default());
-        let w: Weak<dyn IntervalNotifier> = Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
+        let w: Weak<dyn IntervalNotifier> =
+            Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
         let h = hub.subscribe(r(0x1000, 0x1000), w).unwrap();
         let s0 = h.read_begin();
         assert!(!h.read_retry(s0));
@@ -377,8 +387,10 @@ mod tests {
     fn notifier_many_subscribers_queries_are_selective() {
         let hub = NotifierHub::new();
         let c = Arc::new(Counter::default());
-        let w: Weak<dyn IntervalNotifier> = Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
-        let hs: Vec<_> = (0..10_000u64).map(|i| hub.subscribe(r(i << 16, 0x1000), w.clone()).unwrap()).collect();
+        let w: Weak<dyn IntervalNotifier> =
+            Arc::downgrade(&(c.clone() as Arc<dyn IntervalNotifier>));
+        let hs: Vec<_> =
+            (0..10_000u64).map(|i| hub.subscribe(r(i << 16, 0x1000), w.clone()).unwrap()).collect();
         drop(hub.invalidate(r(5000 << 16, 1), InvalidateReason::FileLayout));
         assert_eq!(c.calls.load(Ordering::SeqCst), 1);
         drop(hs);

@@ -346,7 +346,9 @@ mod tests {
             pt.insert(v, pte(v));
         }
         pt.walk_mut(3, 6, &mut |_, p, _| p.flags.remove(PteFlags::WRITE));
-        let ro: Vec<u64> = (0..10).filter(|v| !pt.lookup(*v).unwrap().pte.flags.contains(PteFlags::WRITE)).collect();
+        let ro: Vec<u64> = (0..10)
+            .filter(|v| !pt.lookup(*v).unwrap().pte.flags.contains(PteFlags::WRITE))
+            .collect();
         assert_eq!(ro, vec![3, 4, 5]);
     }
 }

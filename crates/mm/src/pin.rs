@@ -27,7 +27,9 @@ use crate::error::{MmError, Result};
 use crate::frame::{FrameFlags, FrameTable};
 use crate::memory::Memory;
 use crate::pagetable::PteFlags;
-use crate::types::{AspaceId, FRAMES_PER_HUGE, FrameRun, PAGE_SIZE, Pfn, PoolOffset, VirtAddr, VirtRange};
+use crate::types::{
+    AspaceId, FRAMES_PER_HUGE, FrameRun, PAGE_SIZE, Pfn, PoolOffset, VirtAddr, VirtRange,
+};
 use crate::vma::{Prot, VmaKind};
 
 bitflags::bitflags! {
@@ -44,7 +46,8 @@ bitflags::bitflags! {
 impl PinFlags {
     /// Flags from raw bits (a command line, a wire message): unknown bits are `EINVAL`.
     pub fn from_raw(bits: u32) -> Result<PinFlags> {
-        PinFlags::from_bits(bits).ok_or_else(|| MmError::invalid(format!("unknown pin flags {bits:#x}")))
+        PinFlags::from_bits(bits)
+            .ok_or_else(|| MmError::invalid(format!("unknown pin flags {bits:#x}")))
     }
 }
 
@@ -147,7 +150,8 @@ impl PinInner {
         if st.released || st.orphaned.contains(&pfn) {
             return;
         }
-        let n = self.runs().iter().filter(|r| !r.huge && r.frames().iter().any(|p| p == pfn)).count();
+        let n =
+            self.runs().iter().filter(|r| !r.huge && r.frames().iter().any(|p| p == pfn)).count();
         if n > 0 {
             st.orphaned.insert(pfn);
             frames.strip_pins(pfn, n as u32);
@@ -199,7 +203,11 @@ impl PinInner {
                 if r.huge {
                     heads.extend(r.heads());
                 } else {
-                    heads.extend(r.frames().iter().filter(|p| st.orphaned.is_empty() || !st.orphaned.contains(p)));
+                    heads.extend(
+                        r.frames()
+                            .iter()
+                            .filter(|p| st.orphaned.is_empty() || !st.orphaned.contains(p)),
+                    );
                 }
             }
             if dirty {
@@ -320,7 +328,13 @@ impl Drop for Pin {
 }
 
 /// Pins `[addr, addr + len)` of `aspace` (page aligned) for DMA.
-pub fn pin_user_pages(aspace: &AddressSpace, addr: VirtAddr, len: u64, flags: PinFlags, owner: Option<&PinOwner>) -> Result<Pin> {
+pub fn pin_user_pages(
+    aspace: &AddressSpace,
+    addr: VirtAddr,
+    len: u64,
+    flags: PinFlags,
+    owner: Option<&PinOwner>,
+) -> Result<Pin> {
     let mut g = GupFlags::PIN;
     if flags.contains(PinFlags::WRITE) {
         g |= GupFlags::WRITE;
@@ -332,13 +346,21 @@ pub fn pin_user_pages(aspace: &AddressSpace, addr: VirtAddr, len: u64, flags: Pi
 }
 
 /// The internal entry point: any GUP flags, validated as upstream.
-pub(crate) fn gup_pin(aspace: &AddressSpace, addr: VirtAddr, len: u64, g: GupFlags, owner: Option<&PinOwner>) -> Result<Pin> {
+pub(crate) fn gup_pin(
+    aspace: &AddressSpace,
+    addr: VirtAddr,
+    len: u64,
+    g: GupFlags,
+    owner: Option<&PinOwner>,
+) -> Result<Pin> {
     check_gup_flags(g)?;
     if !g.contains(GupFlags::PIN) {
         return Err(MmError::invalid("gup_pin without FOLL_PIN"));
     }
-    if !addr.is_page_aligned() || len % PAGE_SIZE != 0 {
-        return Err(MmError::invalid(format!("pin_user_pages: {addr}+{len:#x} is not page aligned")));
+    if !addr.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(MmError::invalid(format!(
+            "pin_user_pages: {addr}+{len:#x} is not page aligned"
+        )));
     }
     let (lo, hi) = pages_of(addr, len, PAGE_SIZE, "pin_user_pages")?;
     let acct = &aspace.account;
@@ -355,7 +377,13 @@ pub(crate) fn gup_pin(aspace: &AddressSpace, addr: VirtAddr, len: u64, g: GupFla
     r
 }
 
-fn pin_charged(aspace: &AddressSpace, lo: u64, hi: u64, g: GupFlags, owner: Option<&PinOwner>) -> Result<Pin> {
+fn pin_charged(
+    aspace: &AddressSpace,
+    lo: u64,
+    hi: u64,
+    g: GupFlags,
+    owner: Option<&PinOwner>,
+) -> Result<Pin> {
     let write = g.contains(GupFlags::WRITE);
     let mem = aspace.memory();
     let vmas = aspace.vmas.read();
@@ -394,7 +422,11 @@ fn pin_charged(aspace: &AddressSpace, lo: u64, hi: u64, g: GupFlags, owner: Opti
         flags,
         account: Arc::clone(&aspace.account),
         runs: OnceLock::new(),
-        state: Mutex::new(PinState { released: false, orphaned: HashSet::new(), guards: Vec::new() }),
+        state: Mutex::new(PinState {
+            released: false,
+            orphaned: HashSet::new(),
+            guards: Vec::new(),
+        }),
     });
     // Registered before any frame is pinned, and filled under its state lock, so the
     // reuse-under-DMA path always finds every pin of a frame.
@@ -428,7 +460,12 @@ fn pin_charged(aspace: &AddressSpace, lo: u64, hi: u64, g: GupFlags, owner: Opti
 
 /// Pins every frame of `[lo, hi)` under the page-table read lock. On a missing (or, for a
 /// write pin, read-only) page, undoes this attempt and returns that page.
-fn pin_walk(aspace: &AddressSpace, lo: u64, hi: u64, write: bool) -> std::result::Result<Vec<PinRun>, u64> {
+fn pin_walk(
+    aspace: &AddressSpace,
+    lo: u64,
+    hi: u64,
+    write: bool,
+) -> std::result::Result<Vec<PinRun>, u64> {
     let frames = aspace.memory().frames();
     let pt = aspace.mmu.pt.read();
     let mut runs: Vec<PinRun> = Vec::new();

@@ -242,13 +242,31 @@ impl Pool {
         })
     }
 
+    /// Backs a page-aligned range with memory now (`MADV_POPULATE_WRITE`), so DMA into it never
+    /// waits for the kernel to populate the pool file. Contents are unchanged.
+    pub fn populate(&self, off: PoolOffset, len: u64) -> Result<()> {
+        if !is_page_aligned(off.raw()) || !is_page_aligned(len) {
+            return Err(MmError::invalid(format!("pool populate: {off}+{len} not page aligned")));
+        }
+        let n = self.usize_len("populate", off, len)?;
+        self.map.populate(off.raw(), n).map_err(|errno| MmError::Pool {
+            op: "populate",
+            offset: off,
+            errno,
+        })
+    }
+
     /// Makes a range durable (msync) when the pool is a file; a no-op for a memfd.
     pub fn flush(&self, off: PoolOffset, len: u64) -> Result<()> {
         if self.backing == PoolBacking::Memfd || len == 0 {
             return Ok(());
         }
         let n = self.usize_len("flush", off, len)?;
-        self.map.sync(off.raw(), n).map_err(|errno| MmError::Pool { op: "flush", offset: off, errno })
+        self.map.sync(off.raw(), n).map_err(|errno| MmError::Pool {
+            op: "flush",
+            offset: off,
+            errno,
+        })
     }
 }
 

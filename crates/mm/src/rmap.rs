@@ -86,7 +86,13 @@ impl Rmap {
     /// Replaces the entries of `old` VMAs (all of one file) by those of `new` ones, running
     /// `during` (a page-table move) under the file's lock so no zap sees the mappings in between.
     /// Anonymous VMAs are ignored.
-    pub(crate) fn replace(&self, mmu: &Arc<Mmu>, old: &[&Vma], new: &[&Vma], during: impl FnOnce()) {
+    pub(crate) fn replace(
+        &self,
+        mmu: &Arc<Mmu>,
+        old: &[&Vma],
+        new: &[&Vma],
+        during: impl FnOnce(),
+    ) {
         let Some((file, _)) = old.iter().chain(new).find_map(|v| file_of(v)) else {
             during();
             return;
@@ -117,7 +123,12 @@ impl Rmap {
 
     /// Zaps every mapping of file pages `pages`: subscribers of each address space are
     /// invalidated and the translations removed before this returns.
-    pub(crate) fn zap(&self, file: FileId, pages: Range<u64>, reason: InvalidateReason) -> ZapReport {
+    pub(crate) fn zap(
+        &self,
+        file: FileId,
+        pages: Range<u64>,
+        reason: InvalidateReason,
+    ) -> ZapReport {
         let mut report = ZapReport::default();
         let Some(fr) = self.get(file) else {
             return report;

@@ -134,7 +134,11 @@ impl VmaTree {
     /// Removes the mappings wholly inside `[lo, hi)` (split first) and returns them.
     pub fn take_inside(&mut self, lo: u64, hi: u64) -> Vec<Vma> {
         let starts: Vec<u64> = self.map.range(lo..hi).map(|(s, _)| *s).collect();
-        starts.into_iter().filter_map(|s| self.map.remove(&s)).inspect(|v| debug_assert!(v.end <= hi)).collect()
+        starts
+            .into_iter()
+            .filter_map(|s| self.map.remove(&s))
+            .inspect(|v| debug_assert!(v.end <= hi))
+            .collect()
     }
     /// The mapping starting at `start`, mutably.
     pub fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
