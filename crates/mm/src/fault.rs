@@ -361,20 +361,36 @@ impl AddressSpace {
                 return;
             };
             if m.huge != v.is_huge() {
-                bad.push(format!("leaf size at {} does not match its mapping", VirtAddr::from_vpn(vpn)));
+                bad.push(format!(
+                    "leaf size at {} does not match its mapping",
+                    VirtAddr::from_vpn(vpn)
+                ));
             }
             let info = frames.info(m.pte.pfn);
             let owner_ok = match &v.kind {
                 VmaKind::Anonymous { .. } => info.owner == Owner::Anonymous,
-                VmaKind::File { backing, .. } => {
-                    matches!(info.owner, Owner::FileBlock(f) | Owner::PageCache(f) if f == backing.file_id())
-                }
+                // A DAX block may be shared between files (reflink), so any file may own it; a
+                // page-cache frame belongs to its own file.
+                VmaKind::File { backing, .. } => match info.owner {
+                    Owner::FileBlock(_) => true,
+                    Owner::PageCache(f) => f == backing.file_id(),
+                    _ => false,
+                },
             };
             if !owner_ok {
-                bad.push(format!("{} maps {} owned by {:?}", VirtAddr::from_vpn(vpn), m.pte.pfn, info.owner));
+                bad.push(format!(
+                    "{} maps {} owned by {:?}",
+                    VirtAddr::from_vpn(vpn),
+                    m.pte.pfn,
+                    info.owner
+                ));
             }
             if info.maps == 0 {
-                bad.push(format!("{} mapped at {} but its map count is 0", m.pte.pfn, VirtAddr::from_vpn(vpn)));
+                bad.push(format!(
+                    "{} mapped at {} but its map count is 0",
+                    m.pte.pfn,
+                    VirtAddr::from_vpn(vpn)
+                ));
             }
         });
         bad

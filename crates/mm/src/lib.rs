@@ -57,7 +57,8 @@ pub use error::{Errno, MmError, Result};
 pub use frame::{FILE_ID_MAX, FrameFlags, FrameInfo, FrameTable, Owner};
 pub use memory::{MemStats, Memory};
 pub use notifier::{
-    IntervalNotifier, InvalidateReason, Invalidation, NotifierHandle, Subscription,
+    IntervalNotifier, InvalidateGuard, InvalidateReason, Invalidation, NotifierHandle, NotifierHub,
+    Subscription,
 };
 pub use pagetable::VPN_LIMIT;
 pub use pin::{Pin, PinFlags, PinId, PinInfo, pin_user_pages};

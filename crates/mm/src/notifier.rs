@@ -159,8 +159,9 @@ struct HubState {
     count: usize,
 }
 
-/// The notifier state of one address space.
-pub(crate) struct NotifierHub {
+/// A set of interval subscriptions with the sequence protocol: one per address space, and the
+/// filesystem keeps one per file (ranges are then file byte offsets) for file-range MRs.
+pub struct NotifierHub {
     state: Mutex<HubState>,
     /// Mirror of `state.seq` for lock-free `read_begin`.
     seq: AtomicU64,
@@ -181,7 +182,8 @@ impl fmt::Debug for NotifierHub {
 
 /// Ends an invalidation when dropped.
 #[must_use = "the invalidation ends when the guard drops"]
-pub(crate) struct InvalidateGuard<'a> {
+#[derive(Debug)]
+pub struct InvalidateGuard<'a> {
     hub: &'a NotifierHub,
 }
 
@@ -199,7 +201,8 @@ impl Drop for InvalidateGuard<'_> {
 }
 
 impl NotifierHub {
-    pub(crate) fn new() -> Arc<NotifierHub> {
+    /// An empty hub (sequence 2, idle).
+    pub fn new() -> Arc<NotifierHub> {
         Arc::new(NotifierHub {
             state: Mutex::new(HubState { seq: 2, ..Default::default() }),
             seq: AtomicU64::new(2),
@@ -208,7 +211,8 @@ impl NotifierHub {
         })
     }
 
-    pub(crate) fn subscribe(
+    /// Subscribes `ops` to `range`; dropping the handle unsubscribes.
+    pub fn subscribe(
         self: &Arc<Self>,
         range: VirtRange,
         ops: Weak<dyn IntervalNotifier>,
@@ -269,17 +273,18 @@ impl NotifierHub {
     }
 
     /// Number of subscriptions.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.state.lock().count
+    }
+
+    /// True if nobody is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Starts an invalidation of `range`: calls every overlapping subscriber synchronously and
     /// returns a guard that ends the invalidation (after the caller changed the page table).
-    pub(crate) fn invalidate(
-        &self,
-        range: VirtRange,
-        reason: InvalidateReason,
-    ) -> InvalidateGuard<'_> {
+    pub fn invalidate(&self, range: VirtRange, reason: InvalidateReason) -> InvalidateGuard<'_> {
         let (cur_seq, subs) = {
             let mut st = self.state.lock();
             if st.active == 0 {
@@ -311,8 +316,8 @@ impl NotifierHub {
         guard
     }
 
-    /// The current sequence (tests and invariants).
-    pub(crate) fn current_seq(&self) -> u64 {
+    /// The current sequence (odd while an invalidation runs).
+    pub fn current_seq(&self) -> u64 {
         self.seq.load(Ordering::Acquire)
     }
 }
