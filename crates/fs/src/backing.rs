@@ -37,12 +37,8 @@ impl InodeBacking {
 
 impl Drop for InodeBacking {
     fn drop(&mut self) {
-        let free = {
-            let mut rt = self.inode.rt.lock();
-            rt.maps -= 1;
-            !rt.referenced()
-        };
-        if free && self.inode.layout.read().rec.nlink == 0 {
+        self.inode.rt.lock().maps -= 1;
+        if self.inode.layout.read().rec.nlink == 0 && !self.fs.busy(&self.inode) {
             self.fs.reaper.queue(self.inode.ino);
         }
     }

@@ -97,19 +97,20 @@ impl ExtentMap {
             "extent insert over mapped pages {page}+{count}"
         );
         let (mut page, mut pfn, mut count) = (page, pfn, count);
-        if let Some(prev) = self.find(page.wrapping_sub(1)).filter(|_| page > 0) {
-            if prev.end() == page && prev.pfn.raw() + prev.count == pfn.raw() {
-                self.map.remove(&prev.page);
-                page = prev.page;
-                pfn = prev.pfn;
-                count += prev.count;
-            }
+        if let Some(prev) = self.find(page.wrapping_sub(1)).filter(|_| page > 0)
+            && prev.end() == page
+            && prev.pfn.raw() + prev.count == pfn.raw()
+        {
+            self.map.remove(&prev.page);
+            page = prev.page;
+            pfn = prev.pfn;
+            count += prev.count;
         }
-        if let Some((f, c)) = self.map.get(&(page + count)).copied() {
-            if pfn.raw() + count == f.raw() {
-                self.map.remove(&(page + count));
-                count += c;
-            }
+        if let Some((f, c)) = self.map.get(&(page + count)).copied()
+            && pfn.raw() + count == f.raw()
+        {
+            self.map.remove(&(page + count));
+            count += c;
         }
         self.map.insert(page, (pfn, count));
     }

@@ -57,16 +57,13 @@ impl FilePinGuard for FilePinHandle {}
 
 impl Drop for FilePinHandle {
     fn drop(&mut self) {
-        let orphan_free = {
-            let mut rt = self.inode.rt.lock();
-            rt.pins.remove(&self.id);
-            !rt.referenced()
-        };
+        self.inode.rt.lock().pins.remove(&self.id);
         self.inode.cv.notify_all();
-        if let Some(fs) = self.fs.upgrade() {
-            if orphan_free && self.inode.layout.read().rec.nlink == 0 {
-                fs.reaper.queue(self.inode.ino);
-            }
+        if let Some(fs) = self.fs.upgrade()
+            && self.inode.layout.read().rec.nlink == 0
+            && !fs.busy(&self.inode)
+        {
+            fs.reaper.queue(self.inode.ino);
         }
     }
 }
@@ -112,7 +109,7 @@ impl Shared {
                 dax: !lay.page_cache(),
                 write,
                 fully_allocated: lay.extents.holes(0..lay.size_pages()).is_empty(),
-                shared: lay.extents.iter().any(|e| e.frames().iter().any(|p| self.shared(p))),
+                shared: lay.extents.iter().any(|e| self.shared_count(&e) > 0),
                 sealed: rt.sealed(),
                 requester_lease: own.map(|l| l.kind),
             };

@@ -141,6 +141,23 @@ impl Shared {
             Err(FsError::BadFile { what: "filesystem".into() })
         }
     }
+    /// Whether long-term pins keep an unlinked file alive: under every policy that
+    /// coordinates with pins; not under `unsafe` and `deny` (pins hold frames only, as GUP
+    /// pins do in Linux today).
+    pub(crate) fn pins_hold_files(&self, inode: &Inode) -> bool {
+        let dax = !inode.layout.read().page_cache();
+        !matches!(
+            crate::policy::pin_action(self.policy(), dax),
+            crate::policy::PinAction::ReuseUnderDma | crate::policy::PinAction::Orphan
+        )
+    }
+
+    /// True while the inode must not be freed.
+    pub(crate) fn busy(&self, inode: &Inode) -> bool {
+        let hold = self.pins_hold_files(inode);
+        inode.rt.lock().referenced(hold)
+    }
+
     pub(crate) fn inode(&self, ino: Ino) -> FsResult<Arc<Inode>> {
         self.inodes.read().get(&ino.0).cloned().ok_or(FsError::NotFound { path: ino.to_string() })
     }
@@ -163,19 +180,20 @@ impl Shared {
             })?;
         let _g = self.rc_lock.lock();
         for r in &runs {
-            for p in r.iter() {
-                self.store.rc_set(p, 1)?;
-            }
+            self.store.rc_update(*r, |_, c| {
+                *c = 1;
+                Ok(())
+            })?;
         }
         Ok(runs)
     }
 
     /// Allocates blocks for `count` pages, contiguous if possible.
     pub(crate) fn alloc_for(&self, ino: Ino, count: u64) -> FsResult<Vec<FrameRun>> {
-        if count <= self.mem().max_contiguous_frames() {
-            if let Ok(r) = self.alloc_blocks(ino, count, Placement::Contiguous) {
-                return Ok(r);
-            }
+        if count <= self.mem().max_contiguous_frames()
+            && let Ok(r) = self.alloc_blocks(ino, count, Placement::Contiguous)
+        {
+            return Ok(r);
         }
         self.alloc_blocks(ino, count, Placement::Anywhere)
     }
@@ -183,16 +201,21 @@ impl Shared {
     /// Adds a reference to every block of `e` (reflink).
     pub(crate) fn ref_blocks(&self, e: &Extent) -> FsResult<()> {
         let _g = self.rc_lock.lock();
-        for p in e.frames().iter() {
-            let rc = self.store.rc_get(p);
-            if rc == 0 || rc >= REFCOUNT_MAX {
-                return Err(FsError::invalid(format!(
-                    "block {p}: reference count {rc} cannot be raised"
-                )));
-            }
-            self.store.rc_set(p, rc + 1)?;
+        if self.store.rc_count(e.frames(), |c| c == 0 || c >= REFCOUNT_MAX) > 0 {
+            return Err(FsError::invalid(format!(
+                "blocks of {:?}: a reference count cannot be raised",
+                e.frames()
+            )));
         }
-        Ok(())
+        self.store.rc_update(e.frames(), |_, c| {
+            *c += 1;
+            Ok(())
+        })
+    }
+
+    /// Number of blocks of `e` shared with another file (one read of the table).
+    pub(crate) fn shared_count(&self, e: &Extent) -> u64 {
+        self.store.rc_count(e.frames(), |c| c > 1)
     }
 
     /// True if a block is shared (rc > 1).
@@ -206,18 +229,19 @@ impl Shared {
         let mut free: Vec<FrameRun> = Vec::new();
         {
             let _g = self.rc_lock.lock();
-            for p in e.frames().iter() {
-                let rc = self.store.rc_get(p);
-                if rc > 1 {
-                    self.store.rc_set(p, rc - 1)?;
-                    continue;
+            self.store.rc_update(e.frames(), |i, c| {
+                if *c > 1 {
+                    *c -= 1;
+                    return Ok(());
                 }
-                self.store.rc_set(p, 0)?;
+                *c = 0;
+                let p = Pfn::new(e.pfn.raw() + i);
                 match free.last_mut() {
                     Some(l) if l.end() == p => l.count += 1,
                     _ => free.push(FrameRun::new(p, 1)),
                 }
-            }
+                Ok(())
+            })?;
         }
         for r in free {
             self.free_run(r, reuse);

@@ -108,8 +108,11 @@ impl Runtime {
     pub(crate) fn breaking(&self, pages: &Range<u64>) -> bool {
         self.breaks.iter().any(|b| overlaps(&b.pages, pages))
     }
-    pub(crate) fn referenced(&self) -> bool {
-        self.opens > 0 || self.maps > 0
+    /// True while something keeps the file alive: an open file, a mapping, or — when
+    /// `pins_hold` (the coordinating policies, where a file pin references its file as Ira
+    /// Weiny's `vaddr_pin` carried the owning file) — a long-term pin.
+    pub(crate) fn referenced(&self, pins_hold: bool) -> bool {
+        self.opens > 0 || self.maps > 0 || (pins_hold && !self.pins.is_empty())
     }
 }
 

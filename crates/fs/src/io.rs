@@ -139,11 +139,7 @@ impl Shared {
             let inside = off + len <= lay.rec.size;
             let plain = inside
                 && lay.extents.holes(pages.clone()).is_empty()
-                && lay
-                    .extents
-                    .within(pages.clone())
-                    .iter()
-                    .all(|e| e.frames().iter().all(|p| !self.shared(p)));
+                && lay.extents.within(pages.clone()).iter().all(|e| self.shared_count(e) == 0);
             if plain {
                 self.write_blocks(&lay, off, data)?;
                 return Ok(data.len());
@@ -151,10 +147,7 @@ impl Shared {
         }
         let cow = {
             let lay = inode.layout.read();
-            lay.extents
-                .within(pages.clone())
-                .iter()
-                .any(|e| e.frames().iter().any(|p| self.shared(p)))
+            lay.extents.within(pages.clone()).iter().any(|e| self.shared_count(e) > 0)
         };
         let reason = if cow { LayoutReason::CowBreak } else { LayoutReason::Allocate };
         self.layout_op(inode, pages.clone(), reason, caller, |lay| {

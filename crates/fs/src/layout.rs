@@ -121,7 +121,7 @@ impl Shared {
         let keep = size.div_ceil(PAGE_SIZE);
         self.layout_op(inode, keep..u64::MAX, LayoutReason::Truncate, caller, |lay| {
             self.remove_pages(inode, lay, keep, u64::MAX, LayoutReason::Truncate)?;
-            if size % PAGE_SIZE != 0 {
+            if !size.is_multiple_of(PAGE_SIZE) {
                 self.zero_partial(inode, lay, size, PAGE_SIZE - size % PAGE_SIZE)?;
             }
             lay.rec.size = size;
@@ -194,11 +194,8 @@ impl Shared {
             let mut report =
                 DefragReport { extents_before: lay.extents.len(), ..DefragReport::default() };
             let all: Vec<Extent> = lay.extents.iter().collect();
-            let movable: Vec<Extent> = all
-                .iter()
-                .copied()
-                .filter(|e| e.frames().iter().all(|p| !self.shared(p)))
-                .collect();
+            let movable: Vec<Extent> =
+                all.iter().copied().filter(|e| self.shared_count(e) == 0).collect();
             report.pages_shared_skipped = all.iter().map(|e| e.count).sum::<u64>()
                 - movable.iter().map(|e| e.count).sum::<u64>();
             if movable.is_empty() {
@@ -224,7 +221,7 @@ impl Shared {
                 let count: u64 = pieces.iter().map(|e| e.count).sum();
                 let want_huge = opts.huge
                     && count >= pinwheel_mm::FRAMES_PER_HUGE
-                    && count % pinwheel_mm::FRAMES_PER_HUGE == 0;
+                    && count.is_multiple_of(pinwheel_mm::FRAMES_PER_HUGE);
                 let new = if want_huge {
                     self.alloc_blocks(inode.ino, count, Placement::Huge)
                         .or_else(|_| self.alloc_for(inode.ino, count))?

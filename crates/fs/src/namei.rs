@@ -3,7 +3,8 @@
 //! Paths are absolute (`/a/b`); `.` and `..` are refused. Namespace changes hold the
 //! namespace lock, then directory layouts. `unlink` of a file nobody has open or mapped frees
 //! it at once, after its layout break (so a refusal such as `ETXTBSY` leaves the name in
-//! place); a file still open or mapped becomes an orphan, freed at its last reference.
+//! place); a file still open, mapped or (under the coordinating policies) long-term pinned
+//! becomes an orphan, freed at its last reference.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -207,11 +208,8 @@ impl Shared {
     }
 
     fn alloc_inode(&self, kind: InodeKind, flags: u8, path: String) -> FsResult<Arc<Inode>> {
-        let ino = self
-            .free_inos
-            .lock()
-            .pop_first()
-            .ok_or_else(|| FsError::NoSpace { needed: 1, free: 0 })?;
+        let ino =
+            self.free_inos.lock().pop_first().ok_or(FsError::NoSpace { needed: 1, free: 0 })?;
         let generation = {
             let mut sb = self.sb.lock();
             sb.next_generation += 1;
@@ -321,7 +319,7 @@ impl Filesystem {
         if inode.layout.read().is_dir() {
             return Err(FsError::IsDir { path: path.into() });
         }
-        let unreferenced = !inode.rt.lock().referenced();
+        let unreferenced = !self.0.busy(&inode);
         let guard = if unreferenced {
             Some(self.0.break_layout(&inode, 0..u64::MAX, LayoutReason::Unlink, caller)?)
         } else {
@@ -337,7 +335,7 @@ impl Filesystem {
             self.0.store.write_inode(&l.rec)?;
         }
         match guard {
-            Some(g) if !inode.rt.lock().referenced() => {
+            Some(g) if !self.0.busy(&inode) => {
                 self.0.free_inode(&inode)?;
                 drop(g);
                 self.0.counters.layout_changes.fetch_add(1, Ordering::Relaxed);
@@ -446,9 +444,7 @@ impl Filesystem {
 impl Shared {
     pub(crate) fn stat_inode(&self, inode: &Arc<Inode>) -> Stat {
         let l = inode.layout.read();
-        let shared =
-            l.extents.iter().flat_map(|e| e.frames().iter()).filter(|p| self.shared(*p)).count()
-                as u64;
+        let shared = l.extents.iter().map(|e| self.shared_count(&e)).sum();
         let rt = inode.rt.lock();
         Stat {
             ino: inode.ino,

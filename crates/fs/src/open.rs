@@ -152,11 +152,11 @@ impl OpenFile {
     pub fn seal(&self) -> FsResult<LeaseId> {
         self.set_lease(LeaseKind::Write, None)?;
         let size = self.inode.layout.read().rec.size;
-        if size > 0 {
-            if let Err(e) = self.fallocate(0, size, FallocMode::Allocate { keep_size: true }) {
-                let _ = self.release_lease();
-                return Err(e);
-            }
+        if size > 0
+            && let Err(e) = self.fallocate(0, size, FallocMode::Allocate { keep_size: true })
+        {
+            let _ = self.release_lease();
+            return Err(e);
         }
         self.set_lease(LeaseKind::Unbreakable, None)
     }
@@ -194,16 +194,15 @@ impl OpenFile {
 
 impl Drop for OpenFile {
     fn drop(&mut self) {
-        let free = {
+        {
             let mut rt = self.inode.rt.lock();
             rt.leases.retain(|l| l.open != self.id);
             rt.opens -= 1;
-            !rt.referenced()
-        };
+        }
         self.inode.cv.notify_all();
-        if free
-            && self.inode.layout.read().rec.nlink == 0
+        if self.inode.layout.read().rec.nlink == 0
             && self.fs.0.mounted.load(Ordering::Acquire)
+            && !self.fs.0.busy(&self.inode)
         {
             self.fs.0.reaper.queue(self.inode.ino);
         }

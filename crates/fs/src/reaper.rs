@@ -70,10 +70,10 @@ impl Reaper {
     pub(crate) fn stop(&self) {
         self.state.lock().stop = true;
         self.wake.notify_all();
-        if let Some(h) = self.thread.lock().take() {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if let Some(h) = self.thread.lock().take()
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
         }
     }
 }
@@ -105,12 +105,12 @@ fn run(fs: Weak<Shared>) {
 /// Tries to free one orphan; true if freed.
 fn reap(sh: &Shared, ino: Ino) -> bool {
     let Ok(inode) = sh.inode(ino) else { return false };
-    if inode.layout.read().rec.nlink != 0 || inode.rt.lock().referenced() {
+    if inode.layout.read().rec.nlink != 0 || sh.busy(&inode) {
         return false;
     }
     match sh.break_layout(&inode, 0..u64::MAX, LayoutReason::Unlink, &Caller::admin()) {
         Ok(guard) => {
-            if inode.rt.lock().referenced() {
+            if sh.busy(&inode) {
                 return false;
             }
             let r = sh.free_inode(&inode);

@@ -48,7 +48,7 @@ impl Shared {
         if src.layout.read().is_dir() || dst.layout.read().is_dir() {
             return Err(FsError::IsDir { path: format!("{} or {}", src.path(), dst.path()) });
         }
-        if src_off % PAGE_SIZE != 0 || dst_off % PAGE_SIZE != 0 {
+        if !src_off.is_multiple_of(PAGE_SIZE) || !dst_off.is_multiple_of(PAGE_SIZE) {
             return Err(FsError::invalid("clone: offsets must be multiples of 4096"));
         }
         let src_size = src.layout.read().rec.size;
@@ -116,11 +116,11 @@ impl Filesystem {
         let d = self.create(dst, CreateOptions { page_cache })?;
         let di = self.0.inode(d)?;
         let size = s.layout.read().rec.size;
-        if size > 0 {
-            if let Err(e) = self.0.clone_range(&s, 0, &di, 0, 0, caller) {
-                let _ = self.unlink(dst, caller);
-                return Err(e);
-            }
+        if size > 0
+            && let Err(e) = self.0.clone_range(&s, 0, &di, 0, 0, caller)
+        {
+            let _ = self.unlink(dst, caller);
+            return Err(e);
         }
         Ok(d)
     }

@@ -50,6 +50,33 @@ impl Store {
         Self::io(self.mem.pool().write(PoolOffset::new(self.geo.rc_offset(pfn)), &v.to_le_bytes()))
     }
 
+    /// Reads the reference counts of a run of frames (one read of the table), lets `f`
+    /// update each in place (index, count), and writes them back (one write).
+    pub(crate) fn rc_update(
+        &self,
+        run: FrameRun,
+        mut f: impl FnMut(u64, &mut u16) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let off = PoolOffset::new(self.geo.rc_offset(run.pfn));
+        let mut b = vec![0u8; run.count as usize * 2];
+        Self::io(self.mem.pool().read(off, &mut b))?;
+        for (i, c) in b.chunks_exact_mut(2).enumerate() {
+            let mut v = u16::from_le_bytes([c[0], c[1]]);
+            f(i as u64, &mut v)?;
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        Self::io(self.mem.pool().write(off, &b))
+    }
+
+    /// Counts the frames of a run whose reference count satisfies `f` (one read).
+    pub(crate) fn rc_count(&self, run: FrameRun, f: impl Fn(u16) -> bool) -> u64 {
+        let mut b = vec![0u8; run.count as usize * 2];
+        if self.mem.pool().read(PoolOffset::new(self.geo.rc_offset(run.pfn)), &mut b).is_err() {
+            return 0;
+        }
+        b.chunks_exact(2).filter(|c| f(u16::from_le_bytes([c[0], c[1]]))).count() as u64
+    }
+
     pub(crate) fn read_inode(&self, ino: u64) -> FsResult<InodeRecord> {
         let mut b = [0u8; INODE_SIZE as usize];
         Self::io(self.mem.pool().read(PoolOffset::new(self.geo.inode_offset(ino)), &mut b))?;

@@ -270,7 +270,23 @@ impl AddressSpace {
                     if write && !m.pte.flags.contains(PteFlags::WRITE) {
                         break Stop::Missing(vpn);
                     }
-                    let n = (PAGE_SIZE - va.page_offset()).min(len - done);
+                    let mut n = (PAGE_SIZE - va.page_offset()).min(len - done);
+                    // Copy the following pages in the same call while they map the following
+                    // frames (one copy per physically contiguous stretch).
+                    let (mut next_vpn, mut next_pfn) = (vpn + 1, m.pfn_for(vpn).raw() + 1);
+                    while done + n < len && next_vpn < vma.end {
+                        match pt.lookup(next_vpn) {
+                            Some(m2)
+                                if m2.pfn_for(next_vpn).raw() == next_pfn
+                                    && (!write || m2.pte.flags.contains(PteFlags::WRITE)) =>
+                            {
+                                n += PAGE_SIZE.min(len - done - n);
+                                next_vpn += 1;
+                                next_pfn += 1;
+                            }
+                            _ => break,
+                        }
+                    }
                     let at = PoolOffset::new(m.pfn_for(vpn).offset().raw() + va.page_offset());
                     f(at, done as usize, n as usize)?;
                     done += n;
