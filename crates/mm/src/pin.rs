@@ -305,6 +305,43 @@ impl Pin {
         Some(out)
     }
 
+    /// Calls `f(pool offset, length)` for each physically contiguous piece of
+    /// `[off, off + len)`, in order, without allocating (the DMA engine's path). `None` if the
+    /// range is outside the pin; otherwise the first error of `f`, or `Ok`.
+    pub fn for_each_segment<E>(
+        &self,
+        off: u64,
+        len: u64,
+        mut f: impl FnMut(PoolOffset, u64) -> std::result::Result<(), E>,
+    ) -> Option<std::result::Result<(), E>> {
+        let end = off.checked_add(len).filter(|e| *e <= self.len())?;
+        let runs = self.inner.runs();
+        let mut at = off;
+        let mut i = runs.partition_point(|r| r.page + r.count <= at / PAGE_SIZE);
+        let mut pending: Option<(u64, u64)> = None;
+        while at < end {
+            let r = runs.get(i)?;
+            let n = ((r.page + r.count) * PAGE_SIZE).min(end) - at;
+            let po = (r.pfn.raw() + (at / PAGE_SIZE - r.page)) * PAGE_SIZE + at % PAGE_SIZE;
+            pending = match pending {
+                Some((p, l)) if p + l == po => Some((p, l + n)),
+                Some((p, l)) => {
+                    if let Err(e) = f(PoolOffset::new(p), l) {
+                        return Some(Err(e));
+                    }
+                    Some((po, n))
+                }
+                None => Some((po, n)),
+            };
+            at += n;
+            i += 1;
+        }
+        Some(match pending {
+            Some((p, l)) => f(PoolOffset::new(p), l),
+            None => Ok(()),
+        })
+    }
+
     /// The frames, as `(byte offset in the pin, frames)` pieces.
     pub fn runs(&self) -> impl Iterator<Item = (u64, FrameRun)> + '_ {
         self.inner.runs().iter().map(|r| (r.page * PAGE_SIZE, r.frames()))

@@ -1,0 +1,36 @@
+//! Every limit of the device, each with the reason for its value. `devinfo` reports them.
+
+/// MRs per device: keys are a 24-bit index and an 8-bit generation.
+pub const MAX_MR: u32 = 1 << 20;
+/// Largest MR: the largest pool.
+pub const MAX_MR_SIZE: u64 = 1 << 40;
+/// QPs per device.
+pub const MAX_QP: u32 = 1 << 16;
+/// Work requests per queue.
+pub const MAX_QP_WR: u32 = 16_384;
+/// Scatter/gather entries per work request.
+pub const MAX_SGE: u32 = 32;
+/// Inline data per send: copied at post time.
+pub const MAX_INLINE: u32 = 1024;
+/// CQs per device.
+pub const MAX_CQ: u32 = 1 << 16;
+/// Entries per CQ.
+pub const MAX_CQE: u32 = 1 << 20;
+/// PDs per device.
+pub const MAX_PD: u32 = 1 << 16;
+/// SRQs per device.
+pub const MAX_SRQ: u32 = 1 << 12;
+/// Largest message: 2 GiB, as InfiniBand.
+pub const MAX_MSG: u64 = 1 << 31;
+/// Outstanding RDMA READ / atomic operations per QP.
+pub const MAX_RD_ATOMIC: u32 = 16;
+/// Async events queued per context before the oldest are dropped (counted).
+pub const MAX_ASYNC_EVENTS: usize = 4096;
+/// How long a transfer to a decoherent MR is held before it fails (the filesystem revokes
+/// at its own deadline long before this unless its lease-break time is longer).
+pub const HOLD_MAX_MS: u64 = 120_000;
+/// A TCP peer that stops sending inside a frame for this long loses its connection: a
+/// stalled peer must not keep an MR in flight (invalidations and revocations wait for it).
+pub const WIRE_STALL_MS: u64 = 2_000;
+/// Largest control field accepted from the wire (node names).
+pub const WIRE_NAME_MAX: usize = 256;

@@ -1,0 +1,961 @@
+//! Memory regions: pinned, ODP and file MRs, their states, and the coherence protocols.
+//!
+//! **The fast-path check** (thread 002: "whatever fast path checking is needed does not kill
+//! performance"): every transfer *enters* the MR — one atomic increment of its in-flight
+//! count, one load of its state — then translates and copies, then leaves. Whoever changes the
+//! MR (invalidation, decoherence, revocation, deregistration) first makes the old translation
+//! unreachable (state change, or clearing ODP entries), then *drains*: waits for the in-flight
+//! count to reach zero. Both sides store then load with `SeqCst`, so either the transfer sees
+//! the change or the changer waits for the transfer (invariant 4).
+//!
+//! **States**: valid → decoherent → (restored) valid, or → revoked; destroyed. A transfer to
+//! a decoherent MR is *held* (the engine parks the QP and resumes it on the next state change);
+//! to a revoked or destroyed one it fails.
+//!
+//! **Kinds**:
+//! - *pinned*: frames captured by a long-term pin at registration; for file memory the
+//!   filesystem's policy decides (it may refuse, record a file pin, decohere or revoke us
+//!   through [`PinHolder`]).
+//! - *ODP*: no pins; per-page translations filled by faulting through the address space and
+//!   dropped by MMU interval notifier invalidations (after draining this MR's transfers).
+//! - *file*: registered by file and offset; translations come from the extent map and follow
+//!   layout changes like ODP (FileMR, NSDI 2020).
+//!
+//! Faults happen outside the in-flight section: an invalidation may hold the file lock a fault
+//! needs while it drains us.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use pinwheel_fs::{Filesystem, HolderInfo, Ino, PinContext, PinHolder};
+use pinwheel_mm::{
+    AddressSpace, Errno, IntervalNotifier, Invalidation, MmError, NotifierHandle, PAGE_SIZE, Pfn,
+    Pin, PinFlags, PinOwner, PoolOffset, Subscription, VirtAddr, pin_user_pages,
+};
+
+use crate::context::{PdInner, ProtectionDomain};
+use crate::device::DeviceInner;
+use crate::error::{VerbsError, VerbsResult};
+use crate::event::AsyncEvent;
+use crate::limits::{HOLD_MAX_MS, MAX_MR_SIZE};
+use crate::qp::QpInner;
+use crate::types::{Access, EventType, Lkey, Rkey};
+
+/// How an MR is backed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MrKind {
+    /// Frames pinned at registration.
+    Pinned,
+    /// On-demand paging.
+    Odp,
+    /// Registered by file and offset.
+    File,
+}
+
+impl MrKind {
+    /// Name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            MrKind::Pinned => "pinned",
+            MrKind::Odp => "odp",
+            MrKind::File => "file",
+        }
+    }
+}
+
+/// MR states.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MrState {
+    /// Usable.
+    Valid = 0,
+    /// A layout change waits for `restore_mr`; transfers are held.
+    Decoherent = 1,
+    /// Taken away; transfers fail.
+    Revoked = 2,
+    /// Deregistered.
+    Destroyed = 3,
+}
+
+impl MrState {
+    fn from_u8(v: u8) -> MrState {
+        match v {
+            0 => MrState::Valid,
+            1 => MrState::Decoherent,
+            2 => MrState::Revoked,
+            _ => MrState::Destroyed,
+        }
+    }
+    /// Name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            MrState::Valid => "valid",
+            MrState::Decoherent => "decoherent",
+            MrState::Revoked => "revoked",
+            MrState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// Why a transfer could not touch the MR.
+#[derive(Debug)]
+pub(crate) enum DmaError<E> {
+    /// Decoherent: hold the transfer.
+    Held,
+    /// Revoked or destroyed.
+    Gone,
+    /// Outside the MR, or outside what is still backed (a truncated file).
+    Bounds,
+    /// An ODP or file fault failed (unmapped, beyond EOF...).
+    Fault(String),
+    /// The copy itself failed.
+    Copy(E),
+}
+
+const ODP_VALID: u64 = 1 << 63;
+const ODP_WRITE: u64 = 1 << 62;
+
+/// Per-page translations of an ODP or file MR: `ODP_VALID | [ODP_WRITE] | pfn`, 0 if absent.
+struct OdpTable {
+    pages: Box<[AtomicU64]>,
+    lock: Mutex<()>,
+}
+
+impl OdpTable {
+    fn new(n: u64) -> OdpTable {
+        OdpTable { pages: (0..n).map(|_| AtomicU64::new(0)).collect(), lock: Mutex::new(()) }
+    }
+    fn present(&self, pages: Range<u64>, write: bool) -> bool {
+        pages.into_iter().all(|p| {
+            let e = self.pages[p as usize].load(Ordering::Acquire);
+            e & ODP_VALID != 0 && (!write || e & ODP_WRITE != 0)
+        })
+    }
+    /// Segments of `[b, b + len)` (bytes from the first page), or `Err(())` if a page is
+    /// missing. Every page is checked before `f` sees any byte, so a retry never repeats part
+    /// of a transfer (a socket payload cannot be read twice).
+    fn for_each<E>(
+        &self,
+        b: u64,
+        len: u64,
+        write: bool,
+        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Result<Result<(), E>, ()> {
+        let mut segs: Vec<(u64, u64)> = Vec::new();
+        let mut at = b;
+        let end = b + len;
+        while at < end {
+            let e = self.pages[(at / PAGE_SIZE) as usize].load(Ordering::Acquire);
+            if e & ODP_VALID == 0 || (write && e & ODP_WRITE == 0) {
+                return Err(());
+            }
+            let pfn = e & !(ODP_VALID | ODP_WRITE);
+            let n = (PAGE_SIZE - at % PAGE_SIZE).min(end - at);
+            let po = pfn * PAGE_SIZE + at % PAGE_SIZE;
+            match segs.last_mut() {
+                Some((p, l)) if *p + *l == po => *l += n,
+                _ => segs.push((po, n)),
+            }
+            at += n;
+        }
+        for (p, l) in segs {
+            if let Err(e) = f(PoolOffset::new(p), l) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// The pins of a pinned MR: normally one; after a restore over a truncated file, the pins
+/// cover the prefix that still exists (`valid_pages`).
+struct PinnedMap {
+    pins: Vec<(u64, Pin)>,
+    valid_pages: u64,
+}
+
+impl PinnedMap {
+    fn for_each<E>(
+        &self,
+        b: u64,
+        len: u64,
+        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        if (b + len).div_ceil(PAGE_SIZE) > self.valid_pages {
+            return None;
+        }
+        let mut at = b;
+        let end = b + len;
+        for (start, pin) in &self.pins {
+            let s = start * PAGE_SIZE;
+            let e = s + pin.len();
+            if at >= e || at >= end {
+                continue;
+            }
+            let n = e.min(end) - at;
+            match pin.for_each_segment(at - s, n, &mut *f)? {
+                Ok(()) => at += n,
+                Err(x) => return Some(Err(x)),
+            }
+        }
+        (at >= end).then_some(Ok(()))
+    }
+}
+
+enum Backing {
+    Pinned {
+        aspace: Arc<AddressSpace>,
+        start: VirtAddr,
+        flags: PinFlags,
+        map: RwLock<PinnedMap>,
+    },
+    Odp {
+        aspace: Arc<AddressSpace>,
+        start: VirtAddr,
+        table: OdpTable,
+        handle: OnceLock<NotifierHandle>,
+    },
+    File {
+        fs: Filesystem,
+        ino: Ino,
+        first_page: u64,
+        table: OdpTable,
+        handle: OnceLock<NotifierHandle>,
+    },
+}
+
+pub(crate) struct MrInner {
+    pub(crate) key: u32,
+    pub(crate) pd: Arc<PdInner>,
+    pub(crate) access: Access,
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+    /// Offset of byte 0 within its first page.
+    base: u64,
+    pages: u64,
+    pub(crate) kind: MrKind,
+    state: AtomicU8,
+    inflight: AtomicU64,
+    waiters: AtomicU32,
+    gate: Mutex<()>,
+    cv: Condvar,
+    held: Mutex<Vec<Weak<QpInner>>>,
+    backing: Backing,
+    me: Weak<MrInner>,
+    restores: AtomicU64,
+}
+
+impl fmt::Debug for MrInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MR {:#x} ({}, {} bytes at {:#x}, {})",
+            self.key,
+            self.kind.name(),
+            self.len,
+            self.addr,
+            self.state().name()
+        )
+    }
+}
+
+/// An MR, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MrInfo {
+    /// Local key.
+    pub lkey: Lkey,
+    /// Remote key.
+    pub rkey: Rkey,
+    /// First address (a virtual address; a file offset for file MRs).
+    pub addr: u64,
+    /// Length.
+    pub len: u64,
+    /// Access flags.
+    pub access: Access,
+    /// Kind.
+    pub kind: MrKind,
+    /// State.
+    pub state: MrState,
+    /// Owning device handle.
+    pub handle: u64,
+    /// PD number.
+    pub pd: u32,
+    /// The file of a file MR.
+    pub ino: Option<Ino>,
+    /// Pages currently translated (pinned, or present in the ODP table).
+    pub resident_pages: u64,
+    /// Times restored after de-coherence.
+    pub restores: u64,
+}
+
+impl MrInner {
+    pub(crate) fn dev(&self) -> &Arc<DeviceInner> {
+        &self.pd.ctx.dev
+    }
+
+    pub(crate) fn state(&self) -> MrState {
+        MrState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    fn leave(&self) {
+        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.waiters.load(Ordering::SeqCst) > 0
+        {
+            let _g = self.gate.lock();
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until no transfer is inside the MR.
+    fn drain(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.gate.lock();
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            self.cv.wait_for(&mut g, Duration::from_millis(1));
+        }
+        drop(g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Changes state and wakes holders and held queue pairs.
+    fn set_state(&self, to: MrState) {
+        self.state.store(to as u8, Ordering::SeqCst);
+        {
+            let _g = self.gate.lock();
+            self.cv.notify_all();
+        }
+        let held: Vec<Weak<QpInner>> = std::mem::take(&mut *self.held.lock());
+        for q in held {
+            self.dev().kick(q);
+        }
+    }
+
+    /// Parks `qp` until the next state change.
+    pub(crate) fn hold(&self, qp: &Arc<QpInner>) {
+        self.held.lock().push(Arc::downgrade(qp));
+        // A state change between the engine's check and this registration would be missed.
+        if self.state() != MrState::Decoherent {
+            for q in std::mem::take(&mut *self.held.lock()) {
+                self.dev().kick(q);
+            }
+        }
+    }
+
+    /// Blocks until the MR is not decoherent (a TCP responder holds its connection this way);
+    /// returns the state.
+    pub(crate) fn wait_coherent(&self) -> MrState {
+        let deadline = Instant::now() + Duration::from_millis(HOLD_MAX_MS);
+        let mut g = self.gate.lock();
+        loop {
+            let s = self.state();
+            if s != MrState::Decoherent || Instant::now() >= deadline {
+                return s;
+            }
+            self.cv.wait_for(&mut g, Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `f(pool offset, length)` over the pool segments behind bytes `[off, off + len)` of
+    /// the MR (offsets relative to the MR's first byte), with the MR entered.
+    pub(crate) fn dma<E>(
+        &self,
+        off: u64,
+        len: u64,
+        write: bool,
+        mut f: impl FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Result<(), DmaError<E>> {
+        let end = off.checked_add(len).filter(|e| *e <= self.len).ok_or(DmaError::Bounds)?;
+        if len == 0 {
+            return match self.state() {
+                MrState::Valid => Ok(()),
+                MrState::Decoherent => Err(DmaError::Held),
+                _ => Err(DmaError::Gone),
+            };
+        }
+        let b = self.base + off;
+        let checks = self.dev().coherence();
+        for _ in 0..64 {
+            if let Backing::Odp { .. } | Backing::File { .. } = self.backing {
+                self.fault(b / PAGE_SIZE..(self.base + end).div_ceil(PAGE_SIZE), write)
+                    .map_err(DmaError::Fault)?;
+            }
+            if checks {
+                self.inflight.fetch_add(1, Ordering::SeqCst);
+                match self.state() {
+                    MrState::Valid => {}
+                    s => {
+                        self.leave();
+                        return Err(if s == MrState::Decoherent {
+                            DmaError::Held
+                        } else {
+                            DmaError::Gone
+                        });
+                    }
+                }
+            }
+            let r = match &self.backing {
+                Backing::Pinned { map, .. } => map.read().for_each(b, len, &mut f).ok_or(()),
+                Backing::Odp { table, .. } | Backing::File { table, .. } => {
+                    table.for_each(b, len, write, &mut f)
+                }
+            };
+            if checks {
+                self.leave();
+            }
+            match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(DmaError::Copy(e)),
+                Err(()) if matches!(self.backing, Backing::Pinned { .. }) => {
+                    return Err(DmaError::Bounds);
+                }
+                Err(()) => continue, // an invalidation raced with us: fault again
+            }
+        }
+        Err(DmaError::Fault("translations kept being invalidated (64 attempts)".into()))
+    }
+
+    /// ODP / file fault of `pages` (page indices of the MR), the `hmm_range_fault` loop.
+    fn fault(&self, pages: Range<u64>, write: bool) -> Result<(), String> {
+        let (table, handle) = match &self.backing {
+            Backing::Odp { table, handle, .. } | Backing::File { table, handle, .. } => {
+                (table, handle)
+            }
+            Backing::Pinned { .. } => return Ok(()),
+        };
+        if table.present(pages.clone(), write) {
+            return Ok(());
+        }
+        let Some(handle) = handle.get() else { return Err("MR not set up".into()) };
+        self.dev().counters.odp_faults.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..64 {
+            let seq = handle.read_begin();
+            let mut pfns: Vec<Pfn> = Vec::with_capacity((pages.end - pages.start) as usize);
+            match &self.backing {
+                Backing::Odp { aspace, start, .. } => {
+                    let va = VirtAddr::new(start.raw() + pages.start * PAGE_SIZE);
+                    aspace
+                        .range_fault(va, (pages.end - pages.start) * PAGE_SIZE, write, &mut pfns)
+                        .map_err(|e| e.to_string())?;
+                }
+                Backing::File { fs, ino, first_page, .. } => {
+                    fs.resolve_pages(
+                        *ino,
+                        first_page + pages.start..first_page + pages.end,
+                        write,
+                        &mut pfns,
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+                Backing::Pinned { .. } => return Ok(()),
+            }
+            let _g = table.lock.lock();
+            if handle.read_retry(seq) {
+                continue;
+            }
+            let w = if write { ODP_WRITE } else { 0 };
+            for (i, p) in pfns.iter().enumerate() {
+                let slot = &table.pages[(pages.start + i as u64) as usize];
+                let keep_w = slot.load(Ordering::Relaxed) & ODP_WRITE;
+                slot.store(ODP_VALID | w | keep_w | p.raw(), Ordering::Release);
+            }
+            return Ok(());
+        }
+        Err("fault kept racing with invalidations".into())
+    }
+
+    /// `ibv_advise_mr(PREFETCH[_WRITE])`: faults the range in now.
+    pub(crate) fn prefetch(&self, off: u64, len: u64, write: bool) -> VerbsResult<()> {
+        let end = off
+            .checked_add(len)
+            .filter(|e| *e <= self.len)
+            .ok_or_else(|| VerbsError::invalid("advise_mr: range outside the MR"))?;
+        match self.kind {
+            MrKind::Pinned => Ok(()),
+            _ => self
+                .fault((self.base + off) / PAGE_SIZE..(self.base + end).div_ceil(PAGE_SIZE), write)
+                .map_err(|e| VerbsError::Mm(MmError::Refused { errno: Errno::EFAULT, reason: e })),
+        }
+    }
+
+    fn post(&self, kind: EventType, detail: String) {
+        self.pd
+            .ctx
+            .events
+            .post(AsyncEvent { mr: Some(Lkey(self.key)), ..AsyncEvent::new(kind, detail) });
+    }
+
+    /// Revokes: later transfers fail; returns once none is in flight and the pins are gone.
+    pub(crate) fn revoke(&self, why: &str) {
+        let cur = self.state();
+        if matches!(cur, MrState::Revoked | MrState::Destroyed) {
+            return;
+        }
+        self.set_state(MrState::Revoked);
+        self.drain();
+        self.release_translations();
+        self.post(EventType::MrRevoked, format!("MR {:#x} revoked: {why}", self.key));
+    }
+
+    fn release_translations(&self) {
+        match &self.backing {
+            Backing::Pinned { map, .. } => {
+                let pins = std::mem::take(&mut map.write().pins);
+                drop(pins);
+            }
+            Backing::Odp { table, .. } | Backing::File { table, .. } => {
+                let _g = table.lock.lock();
+                for e in table.pages.iter() {
+                    e.store(0, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    fn owner(&self) -> VerbsResult<PinOwner> {
+        let me: Arc<dyn PinHolder> =
+            self.me.upgrade().ok_or_else(|| VerbsError::invalid("MR is being destroyed"))?;
+        Ok(PinOwner::new(Arc::new(PinContext { holder: me, owner: self.pd.ctx.owner })))
+    }
+
+    /// Pins `[0, pages)` of the MR's range, or, when the tail no longer exists (a truncated
+    /// file: EFAULT), the longest prefix that does.
+    fn pin_prefix(&self) -> VerbsResult<PinnedMap> {
+        let Backing::Pinned { aspace, start, flags, .. } = &self.backing else {
+            return Err(VerbsError::invalid("not a pinned MR"));
+        };
+        let owner = self.owner()?;
+        let try_pin = |n: u64| pin_user_pages(aspace, *start, n * PAGE_SIZE, *flags, Some(&owner));
+        match try_pin(self.pages) {
+            Ok(p) => return Ok(PinnedMap { pins: vec![(0, p)], valid_pages: self.pages }),
+            Err(e) if e.errno() != Errno::EFAULT => return Err(e.into()),
+            Err(_) => {}
+        }
+        let (mut lo, mut hi) = (0u64, self.pages - 1);
+        let mut best: Option<Pin> = None;
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            match try_pin(mid) {
+                Ok(p) => {
+                    best = Some(p);
+                    lo = mid;
+                }
+                Err(_) => hi = mid - 1,
+            }
+        }
+        let pins = match best.filter(|p| p.len() == lo * PAGE_SIZE) {
+            Some(p) => vec![(0, p)],
+            None if lo > 0 => vec![(0, try_pin(lo)?)],
+            None => Vec::new(),
+        };
+        Ok(PinnedMap { pins, valid_pages: lo })
+    }
+
+    /// `restore_mr`: rebinds a decoherent pinned MR to the current frames of its virtual range,
+    /// keeping its keys (thread 002). Drains, releases the old pins (which lets the waiting
+    /// layout change proceed), re-pins (waiting for the change to finish), resumes transfers.
+    pub(crate) fn restore(&self) -> VerbsResult<()> {
+        if self.kind != MrKind::Pinned {
+            return Err(VerbsError::invalid(format!(
+                "MR {:#x} is {}: only pinned MRs decohere",
+                self.key,
+                self.kind.name()
+            )));
+        }
+        if self.state() != MrState::Decoherent {
+            return Err(VerbsError::invalid(format!(
+                "MR {:#x} is {}, not decoherent",
+                self.key,
+                self.state().name()
+            )));
+        }
+        self.drain();
+        let Backing::Pinned { map, .. } = &self.backing else { unreachable!("checked kind") };
+        let old = std::mem::take(&mut map.write().pins);
+        drop(old);
+        match self.pin_prefix() {
+            Ok(new) => {
+                *map.write() = new;
+                self.restores.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .state
+                    .compare_exchange(
+                        MrState::Decoherent as u8,
+                        MrState::Valid as u8,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_err()
+                {
+                    // Revoked while we waited: drop what we pinned.
+                    self.release_translations();
+                    return Err(VerbsError::invalid(format!(
+                        "MR {:#x} was revoked during restore",
+                        self.key
+                    )));
+                }
+                self.set_state(MrState::Valid);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_state(MrState::Revoked);
+                self.post(EventType::MrRevoked, format!("MR {:#x}: restore failed: {e}", self.key));
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn info(&self) -> MrInfo {
+        let resident = match &self.backing {
+            Backing::Pinned { map, .. } => map.read().valid_pages,
+            Backing::Odp { table, .. } | Backing::File { table, .. } => {
+                table.pages.iter().filter(|e| e.load(Ordering::Relaxed) & ODP_VALID != 0).count()
+                    as u64
+            }
+        };
+        MrInfo {
+            lkey: Lkey(self.key),
+            rkey: Rkey(self.key),
+            addr: self.addr,
+            len: self.len,
+            access: self.access,
+            kind: self.kind,
+            state: self.state(),
+            handle: self.pd.ctx.handle,
+            pd: self.pd.id,
+            ino: match &self.backing {
+                Backing::File { ino, .. } => Some(*ino),
+                _ => None,
+            },
+            resident_pages: resident,
+            restores: self.restores.load(Ordering::Relaxed),
+        }
+    }
+
+    fn destroy(&self) {
+        self.set_state(MrState::Destroyed);
+        self.drain();
+        self.release_translations();
+        self.dev().mrs.release(self.key);
+    }
+}
+
+impl PinHolder for MrInner {
+    fn info(&self) -> HolderInfo {
+        let handle = self.pd.ctx.handle;
+        let processes = self.dev().hooks().map(|h| h.processes(handle)).unwrap_or_default();
+        HolderInfo { object: format!("MR {:#x}", self.key), handle: Some(handle), processes }
+    }
+
+    fn decohere(&self, ino: Ino, pages: Range<u64>) {
+        if self
+            .state
+            .compare_exchange(
+                MrState::Valid as u8,
+                MrState::Decoherent as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+        {
+            self.post(
+                EventType::MrDecoherent,
+                format!(
+                    "MR {:#x}: layout change of {ino} pages {}..{} waits for restore_mr",
+                    self.key,
+                    pages.start,
+                    pages.end.min(u64::MAX / 2)
+                ),
+            );
+        }
+    }
+
+    fn revoke(&self, why: &str) {
+        MrInner::revoke(self, why);
+    }
+
+    fn kill(&self, why: &str) -> bool {
+        self.dev().hooks().is_some_and(|h| h.kill(self.pd.ctx.handle, why))
+    }
+}
+
+impl IntervalNotifier for MrInner {
+    fn invalidate(&self, sub: &Subscription, inv: &Invalidation, cur_seq: u64) {
+        let (table, lo_byte) = match &self.backing {
+            Backing::Odp { table, start, .. } => (table, start.raw()),
+            Backing::File { table, first_page, .. } => (table, first_page * PAGE_SIZE),
+            Backing::Pinned { .. } => return,
+        };
+        let span_end = lo_byte + self.pages * PAGE_SIZE;
+        let s = inv.range.start().raw().max(lo_byte);
+        let e = inv.range.end().raw().min(span_end);
+        {
+            let _g = table.lock.lock();
+            sub.set_seq(cur_seq);
+            if s < e {
+                for p in (s - lo_byte) / PAGE_SIZE..(e - lo_byte).div_ceil(PAGE_SIZE) {
+                    table.pages[p as usize].store(0, Ordering::Release);
+                }
+            }
+        }
+        // Invariant 4: no DMA reaches the old frames once this returns.
+        self.drain();
+    }
+}
+
+/// A registered memory region. Dropping it deregisters (waiting for transfers in flight).
+pub struct MemoryRegion(pub(crate) Arc<MrInner>);
+
+impl fmt::Debug for MemoryRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        self.0.destroy();
+    }
+}
+
+impl MemoryRegion {
+    /// Local key.
+    pub fn lkey(&self) -> Lkey {
+        Lkey(self.0.key)
+    }
+    /// Remote key.
+    pub fn rkey(&self) -> Rkey {
+        Rkey(self.0.key)
+    }
+    /// First address.
+    pub fn addr(&self) -> u64 {
+        self.0.addr
+    }
+    /// Length.
+    pub fn len(&self) -> u64 {
+        self.0.len
+    }
+    /// True for zero-length MRs (never: registration refuses them).
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+    /// Kind.
+    pub fn kind(&self) -> MrKind {
+        self.0.kind
+    }
+    /// State.
+    pub fn state(&self) -> MrState {
+        self.0.state()
+    }
+    /// Access flags.
+    pub fn access(&self) -> Access {
+        self.0.access
+    }
+    /// Snapshot.
+    pub fn info(&self) -> MrInfo {
+        self.0.info()
+    }
+    /// `restore_mr` (see [`MrInner::restore`]).
+    pub fn restore(&self) -> VerbsResult<()> {
+        self.0.restore()
+    }
+    /// Revokes the MR (an administrator's or a library's decision).
+    pub fn revoke(&self, why: &str) {
+        self.0.revoke(why);
+    }
+    /// `ibv_advise_mr(PREFETCH)`: faults `[addr, addr + len)` in (ODP and file MRs).
+    pub fn advise_prefetch(&self, addr: u64, len: u64, write: bool) -> VerbsResult<()> {
+        let off = addr
+            .checked_sub(self.0.addr)
+            .ok_or_else(|| VerbsError::invalid("advise_mr: address below the MR"))?;
+        self.0.prefetch(off, len, write)
+    }
+    /// Deregisters now.
+    pub fn deregister(self) {
+        drop(self);
+    }
+}
+
+fn check_access(access: Access, len: u64) -> VerbsResult<()> {
+    if len == 0 || len > MAX_MR_SIZE {
+        return Err(VerbsError::invalid(format!("MR length {len} outside 1..={MAX_MR_SIZE}")));
+    }
+    if access.intersects(Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)
+        && !access.contains(Access::LOCAL_WRITE)
+    {
+        return Err(VerbsError::invalid("REMOTE_WRITE and REMOTE_ATOMIC require LOCAL_WRITE"));
+    }
+    Ok(())
+}
+
+fn writable(access: Access) -> bool {
+    access.intersects(Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)
+}
+
+impl ProtectionDomain {
+    fn new_mr(
+        &self,
+        addr: u64,
+        len: u64,
+        base: u64,
+        access: Access,
+        kind: MrKind,
+        backing: Backing,
+    ) -> VerbsResult<Arc<MrInner>> {
+        let dev = &self.0.ctx.dev;
+        let key = dev.mrs.reserve().ok_or_else(|| {
+            VerbsError::Limit(format!("{} MRs registered", crate::limits::MAX_MR))
+        })?;
+        let pages = (base + len).div_ceil(PAGE_SIZE);
+        Ok(Arc::new_cyclic(|me| MrInner {
+            key,
+            pd: Arc::clone(&self.0),
+            access,
+            addr,
+            len,
+            base,
+            pages,
+            kind,
+            state: AtomicU8::new(MrState::Valid as u8),
+            inflight: AtomicU64::new(0),
+            waiters: AtomicU32::new(0),
+            gate: Mutex::new(()),
+            cv: Condvar::new(),
+            held: Mutex::new(Vec::new()),
+            backing,
+            me: me.clone(),
+            restores: AtomicU64::new(0),
+        }))
+    }
+
+    /// `ibv_reg_mr`: registers `[addr, addr + len)` of `aspace`. Pinned unless `access`
+    /// contains `ON_DEMAND`. A pinned registration of file memory is decided by the
+    /// filesystem's pin policy (`EOPNOTSUPP`, `EPERM`, `EFAULT` are its answers).
+    pub fn reg_mr(
+        &self,
+        aspace: &Arc<AddressSpace>,
+        addr: VirtAddr,
+        len: u64,
+        access: Access,
+    ) -> VerbsResult<MemoryRegion> {
+        check_access(access, len)?;
+        let start = addr.page_down();
+        let end = addr
+            .raw()
+            .checked_add(len)
+            .and_then(pinwheel_mm::page_align_up)
+            .ok_or_else(|| VerbsError::invalid("MR range overflows"))?;
+        let base = addr.raw() - start.raw();
+        let dev = Arc::clone(&self.0.ctx.dev);
+        let mr = if access.contains(Access::ON_DEMAND) {
+            let table = OdpTable::new((end - start.raw()) / PAGE_SIZE);
+            let mr = self.new_mr(
+                addr.raw(),
+                len,
+                base,
+                access,
+                MrKind::Odp,
+                Backing::Odp { aspace: Arc::clone(aspace), start, table, handle: OnceLock::new() },
+            )?;
+            let weak: Weak<dyn IntervalNotifier> =
+                Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
+            match aspace.subscribe(start, end - start.raw(), weak) {
+                Ok(h) => {
+                    let Backing::Odp { handle, .. } = &mr.backing else {
+                        unreachable!("just built")
+                    };
+                    let _ = handle.set(h);
+                }
+                Err(e) => {
+                    dev.mrs.release(mr.key);
+                    return Err(e.into());
+                }
+            }
+            mr
+        } else {
+            let mut flags = PinFlags::LONGTERM;
+            if writable(access) {
+                flags |= PinFlags::WRITE;
+            }
+            let map = RwLock::new(PinnedMap { pins: Vec::new(), valid_pages: 0 });
+            let mr = self.new_mr(
+                addr.raw(),
+                len,
+                base,
+                access,
+                MrKind::Pinned,
+                Backing::Pinned { aspace: Arc::clone(aspace), start, flags, map },
+            )?;
+            let owner = match mr.owner() {
+                Ok(o) => o,
+                Err(e) => {
+                    dev.mrs.release(mr.key);
+                    return Err(e);
+                }
+            };
+            match pin_user_pages(aspace, start, end - start.raw(), flags, Some(&owner)) {
+                Ok(pin) => {
+                    let Backing::Pinned { map, .. } = &mr.backing else {
+                        unreachable!("just built")
+                    };
+                    *map.write() = PinnedMap {
+                        pins: vec![(0, pin)],
+                        valid_pages: (end - start.raw()) / PAGE_SIZE,
+                    };
+                }
+                Err(e) => {
+                    dev.mrs.release(mr.key);
+                    return Err(e.into());
+                }
+            }
+            mr
+        };
+        dev.mrs.install(mr.key, Arc::clone(&mr));
+        Ok(MemoryRegion(mr))
+    }
+
+    /// Registers `[offset, offset + len)` of a file by file and offset (no virtual address):
+    /// a file MR, translated through the extent map and following layout changes like ODP.
+    /// Remote addresses of this MR are file offsets.
+    pub fn reg_file_mr(
+        &self,
+        fs: &Filesystem,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> VerbsResult<MemoryRegion> {
+        check_access(access, len)?;
+        let first_page = offset / PAGE_SIZE;
+        let end = offset
+            .checked_add(len)
+            .and_then(pinwheel_mm::page_align_up)
+            .ok_or_else(|| VerbsError::invalid("file MR range overflows"))?;
+        let base = offset % PAGE_SIZE;
+        let table = OdpTable::new(end / PAGE_SIZE - first_page);
+        fs.stat_ino(ino)?;
+        let mr = self.new_mr(
+            offset,
+            len,
+            base,
+            access,
+            MrKind::File,
+            Backing::File { fs: fs.clone(), ino, first_page, table, handle: OnceLock::new() },
+        )?;
+        let weak: Weak<dyn IntervalNotifier> = Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
+        match fs.subscribe(ino, first_page * PAGE_SIZE, end - first_page * PAGE_SIZE, weak) {
+            Ok(h) => {
+                let Backing::File { handle, .. } = &mr.backing else { unreachable!("just built") };
+                let _ = handle.set(h);
+            }
+            Err(e) => {
+                self.0.ctx.dev.mrs.release(mr.key);
+                return Err(e.into());
+            }
+        }
+        self.0.ctx.dev.mrs.install(mr.key, Arc::clone(&mr));
+        Ok(MemoryRegion(mr))
+    }
+}
