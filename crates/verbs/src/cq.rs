@@ -41,14 +41,13 @@ impl CqInner {
         let mut q = self.q.lock();
         if q.len() >= self.depth {
             drop(q);
-            if !self.overflowed.swap(true, Ordering::AcqRel) {
-                if let Some(ctx) = self.ctx.upgrade() {
+            if !self.overflowed.swap(true, Ordering::AcqRel)
+                && let Some(ctx) = self.ctx.upgrade() {
                     ctx.events.post(AsyncEvent::new(
                         EventType::CqErr,
                         format!("CQ {} overflowed (depth {})", self.id, self.depth),
                     ));
                 }
-            }
             return;
         }
         q.push_back(wc);

@@ -341,7 +341,7 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
             if wr.sg_list.len() != 1 || wr.sg_list[0].length != 8 {
                 return Done(WcStatus::LocLenErr, 0);
             }
-            if wr.remote_addr % 8 != 0 {
+            if !wr.remote_addr.is_multiple_of(8) {
                 return fail(Fail::Status(WcStatus::RemInvReqErr));
             }
             let dst = match local_span(qp, &wr.sg_list[0], true) {

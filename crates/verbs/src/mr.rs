@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 use pinwheel_fs::{Filesystem, HolderInfo, Ino, PinContext, PinHolder};
 use pinwheel_mm::{
     AddressSpace, Errno, IntervalNotifier, Invalidation, MmError, NotifierHandle, PAGE_SIZE, Pfn,
@@ -210,7 +210,10 @@ enum Backing {
         aspace: Arc<AddressSpace>,
         start: VirtAddr,
         flags: PinFlags,
-        map: RwLock<PinnedMap>,
+        /// Swapped whole (restore, revoke); a transfer clones the `Arc` and holds no lock
+        /// while it copies, so the pins it uses stay alive until it is done (frame safety is
+        /// structural; *waiting* for transfers is the drain's job).
+        map: Mutex<Arc<PinnedMap>>,
     },
     Odp {
         aspace: Arc<AddressSpace>,
@@ -397,7 +400,10 @@ impl MrInner {
                 }
             }
             let r = match &self.backing {
-                Backing::Pinned { map, .. } => map.read().for_each(b, len, &mut f).ok_or(()),
+                Backing::Pinned { map, .. } => {
+                    let m = Arc::clone(&map.lock());
+                    m.for_each(b, len, &mut f).ok_or(())
+                }
                 Backing::Odp { table, .. } | Backing::File { table, .. } => {
                     table.for_each(b, len, write, &mut f)
                 }
@@ -502,8 +508,11 @@ impl MrInner {
     fn release_translations(&self) {
         match &self.backing {
             Backing::Pinned { map, .. } => {
-                let pins = std::mem::take(&mut map.write().pins);
-                drop(pins);
+                let old = std::mem::replace(
+                    &mut *map.lock(),
+                    Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
+                );
+                drop(old);
             }
             Backing::Odp { table, .. } | Backing::File { table, .. } => {
                 let _g = table.lock.lock();
@@ -573,11 +582,14 @@ impl MrInner {
         }
         self.drain();
         let Backing::Pinned { map, .. } = &self.backing else { unreachable!("checked kind") };
-        let old = std::mem::take(&mut map.write().pins);
+        let old = std::mem::replace(
+            &mut *map.lock(),
+            Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
+        );
         drop(old);
         match self.pin_prefix() {
             Ok(new) => {
-                *map.write() = new;
+                *map.lock() = Arc::new(new);
                 self.restores.fetch_add(1, Ordering::Relaxed);
                 if self
                     .state
@@ -609,7 +621,7 @@ impl MrInner {
 
     pub(crate) fn info(&self) -> MrInfo {
         let resident = match &self.backing {
-            Backing::Pinned { map, .. } => map.read().valid_pages,
+            Backing::Pinned { map, .. } => map.lock().valid_pages,
             Backing::Odp { table, .. } | Backing::File { table, .. } => {
                 table.pages.iter().filter(|e| e.load(Ordering::Relaxed) & ODP_VALID != 0).count()
                     as u64
@@ -879,7 +891,7 @@ impl ProtectionDomain {
             if writable(access) {
                 flags |= PinFlags::WRITE;
             }
-            let map = RwLock::new(PinnedMap { pins: Vec::new(), valid_pages: 0 });
+            let map = Mutex::new(Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }));
             let mr = self.new_mr(
                 addr.raw(),
                 len,
@@ -900,10 +912,10 @@ impl ProtectionDomain {
                     let Backing::Pinned { map, .. } = &mr.backing else {
                         unreachable!("just built")
                     };
-                    *map.write() = PinnedMap {
+                    *map.lock() = Arc::new(PinnedMap {
                         pins: vec![(0, pin)],
                         valid_pages: (end - start.raw()) / PAGE_SIZE,
-                    };
+                    });
                 }
                 Err(e) => {
                     dev.mrs.release(mr.key);

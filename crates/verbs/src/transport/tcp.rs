@@ -185,11 +185,10 @@ impl Link {
     }
 
     fn kick_waiter(&self) {
-        if let Some(w) = self.waiting.lock().take() {
-            if let Some(q) = w.upgrade() {
+        if let Some(w) = self.waiting.lock().take()
+            && let Some(q) = w.upgrade() {
                 q.dev().kick(w);
             }
-        }
     }
 }
 
@@ -320,11 +319,10 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
     };
     // A local source that is decoherent now: hold before anything is on the wire.
     for s in &src {
-        if let Span::Mr { mr, .. } = s {
-            if mr.state() == MrState::Decoherent {
+        if let Span::Mr { mr, .. } = s
+            && mr.state() == MrState::Decoherent {
                 return Outcome::Held(Arc::clone(mr));
             }
-        }
     }
     let psn = link.next_psn.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
     let rnr_retry = qp.core.lock().attr.rnr_retry;
@@ -541,7 +539,7 @@ fn serve(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
             }
         }
         Kind::CompareSwap | Kind::FetchAdd => {
-            if h.addr % 8 != 0 {
+            if !h.addr.is_multiple_of(8) {
                 return refuse(WcStatus::RemInvReqErr);
             }
             let span =
