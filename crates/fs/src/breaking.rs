@@ -346,8 +346,15 @@ impl Shared {
                 continue;
             }
             let r = f(&mut lay);
-            if r.is_ok() {
-                self.counters.layout_changes.fetch_add(1, Ordering::Relaxed);
+            match &r {
+                Ok(_) => {
+                    self.counters.layout_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                // A change that failed half way (ENOSPC) already moved reference counts for
+                // what it did: record the extents it left, so the image stays consistent.
+                Err(_) => {
+                    let _ = self.persist(&mut lay);
+                }
             }
             drop(lay);
             drop(guard);

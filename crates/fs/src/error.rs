@@ -53,6 +53,12 @@ pub enum FsError {
         /// Blocks free.
         free: u64,
     },
+    /// Every inode is in use.
+    #[error("all {total} inodes are in use (mkfs with more inodes)")]
+    NoInodes {
+        /// Inodes of the filesystem.
+        total: u64,
+    },
     /// Beyond the largest file size.
     #[error("file would exceed {max} bytes")]
     FileTooBig {
@@ -128,7 +134,7 @@ impl FsError {
             FsError::NotEmpty { .. } => Errno::ENOTEMPTY,
             FsError::NameTooLong { .. } => Errno::ENAMETOOLONG,
             FsError::Invalid(_) => Errno::EINVAL,
-            FsError::NoSpace { .. } => Errno::ENOSPC,
+            FsError::NoSpace { .. } | FsError::NoInodes { .. } => Errno::ENOSPC,
             FsError::FileTooBig { .. } => Errno::EFBIG,
             FsError::Busy { .. } => Errno::ETXTBSY,
             FsError::Deadlock { .. } => Errno::EDEADLK,
@@ -176,6 +182,7 @@ mod tests {
             (FsError::NameTooLong { name: "n".into() }, Errno::ENAMETOOLONG),
             (FsError::invalid("x"), Errno::EINVAL),
             (FsError::NoSpace { needed: 1, free: 0 }, Errno::ENOSPC),
+            (FsError::NoInodes { total: 256 }, Errno::ENOSPC),
             (FsError::FileTooBig { max: 1 }, Errno::EFBIG),
             (FsError::Busy { detail: "d".into() }, Errno::ETXTBSY),
             (FsError::Deadlock { detail: "d".into() }, Errno::EDEADLK),

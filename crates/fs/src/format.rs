@@ -91,9 +91,16 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// The layout for a pool of `frames` frames, or `None` if it leaves no room for data.
+    /// The layout for a pool of `frames` frames with the default inode count, or `None` if it
+    /// leaves no room for data.
     pub fn for_frames(frames: u64) -> Option<Geometry> {
-        let inodes = (frames / FRAMES_PER_INODE).clamp(INODES_MIN, INODES_MAX);
+        Geometry::with_inodes(frames, None)
+    }
+
+    /// The layout with `inodes` inodes (clamped to the limits; `None`: one per
+    /// `FRAMES_PER_INODE` frames).
+    pub fn with_inodes(frames: u64, inodes: Option<u64>) -> Option<Geometry> {
+        let inodes = inodes.unwrap_or(frames / FRAMES_PER_INODE).clamp(INODES_MIN, INODES_MAX);
         let journal_start = 1;
         let rc_start = journal_start + JOURNAL_FRAMES;
         let rc_frames = (frames * 2).div_ceil(PAGE_SIZE);
@@ -111,6 +118,7 @@ impl Geometry {
         };
         (g.data_start() + 16 <= frames).then_some(g)
     }
+
     /// First frame available for data.
     pub fn data_start(&self) -> u64 {
         self.itable_start + self.itable_frames
@@ -124,11 +132,19 @@ impl Geometry {
         self.rc_start * PAGE_SIZE + pfn.raw() * 2
     }
     fn check(&self, frames: u64) -> Dec<()> {
-        let want = Geometry::for_frames(frames)
+        // The regions follow from the frame and inode counts: recompute them from those.
+        if !(INODES_MIN..=INODES_MAX).contains(&self.inodes) {
+            return Err(Corrupt(format!(
+                "superblock: {} inodes outside {INODES_MIN}..={INODES_MAX}",
+                self.inodes
+            )));
+        }
+        let want = Geometry::with_inodes(frames, Some(self.inodes))
             .ok_or_else(|| Corrupt(format!("pool of {frames} frames too small")))?;
         if *self != want {
             return Err(Corrupt(format!(
-                "superblock geometry {self:?} does not match a pool of {frames} frames ({want:?})"
+                "superblock geometry {self:?} does not match a pool of {frames} frames with {} inodes ({want:?})",
+                self.inodes
             )));
         }
         Ok(())

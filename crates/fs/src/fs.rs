@@ -72,7 +72,10 @@ pub struct FsStats {
 
 /// Options of mkfs.
 #[derive(Clone, Debug, Default)]
-pub struct MkfsOptions {}
+pub struct MkfsOptions {
+    /// Inodes (default: one per 64 frames of pool, between 256 and 262 144).
+    pub inodes: Option<u64>,
+}
 
 /// Options of mount.
 #[derive(Clone, Debug)]
@@ -169,6 +172,13 @@ impl Shared {
         n: u64,
         placement: Placement,
     ) -> FsResult<Vec<FrameRun>> {
+        let free = self.mem().free_bytes() / PAGE_SIZE;
+        if free < n.saturating_add(crate::limits::META_RESERVE_FRAMES) {
+            return Err(FsError::NoSpace {
+                needed: n,
+                free: free.saturating_sub(crate::limits::META_RESERVE_FRAMES),
+            });
+        }
         let runs =
             self.mem().alloc(n, placement, Owner::FileBlock(ino.file_id()), true).map_err(|e| {
                 match e.errno() {
@@ -276,8 +286,12 @@ impl Shared {
         self.store.write_extents(rec, extents, chain)
     }
 
+    /// Wall-clock time for file timestamps (the node's `Clock` is for deadlines, and starts
+    /// anew at every mount).
     pub(crate) fn now_ns(&self) -> u64 {
-        self.clock().now().as_nanos() as u64
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     }
 }
 
@@ -359,7 +373,7 @@ impl Filesystem {
     fn mark_mounted(&self) -> FsResult<()> {
         let mut sb = self.0.sb.lock();
         sb.clean = false;
-        sb.mount_count += 1;
+        sb.mount_count = sb.mount_count.saturating_add(1);
         self.0.store.write_sb(&sb)?;
         self.0.mounted.store(true, Ordering::Release);
         Ok(())
@@ -370,6 +384,14 @@ impl Filesystem {
     /// refused with `EUCLEAN` naming the problem; run fsck.
     pub fn mount(mem: &Arc<Memory>, mount: MountOptions) -> FsResult<Filesystem> {
         let sb = Store::read_sb(mem)?;
+        let report = crate::fsck::fsck(mem.pool());
+        if let Some(first) = report.errors.first() {
+            return Err(FsError::Corrupt {
+                what: format!("{first} ({} problems in all; run fsck)", report.errors.len()),
+            });
+        }
+        // Free blocks of an existing image held files once.
+        mem.assume_dirty();
         if !sb.clean {
             tracing::warn!(
                 "filesystem was not cleanly unmounted (no journal yet: metadata is written in place)"

@@ -15,7 +15,7 @@ use crate::format::{
     DIRENT_SIZE, Dirent, ExtentBlock, ExtentRecord, Geometry, IFLAG_ORPHAN, INODE_SIZE, InodeKind,
     InodeRecord, Superblock,
 };
-use crate::limits::{DEPTH_MAX, EXTENTS_PER_BLOCK, INLINE_EXTENTS, MAX_EXTENTS};
+use crate::limits::{EXTENTS_PER_BLOCK, INLINE_EXTENTS, MAX_EXTENTS};
 
 /// What fsck found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,12 +107,7 @@ pub fn fsck(pool: &Pool) -> FsckReport {
                 r.errors.push(format!("inode {ino}: extent {e:?} outside the data area"));
                 continue;
             }
-            if pend > size_pages {
-                r.errors.push(format!(
-                    "inode {ino}: extent at page {} beyond the size ({} bytes)",
-                    e.page, l.rec.size
-                ));
-            }
+            // Blocks beyond the end of file are allowed (fallocate with KEEP_SIZE).
             if seen.iter().any(|(s, t)| e.page < *t && *s < pend) {
                 r.errors.push(format!("inode {ino}: extents overlap at page {}", e.page));
             }
@@ -127,11 +122,28 @@ pub fn fsck(pool: &Pool) -> FsckReport {
             InodeKind::Dir => r.dirs += 1,
             InodeKind::Free => {}
         }
-        if l.rec.kind == InodeKind::Dir && l.rec.size % DIRENT_SIZE != 0 {
-            r.errors.push(format!(
-                "directory {ino}: size {} not a multiple of {DIRENT_SIZE}",
-                l.rec.size
-            ));
+        if l.rec.size > crate::limits::MAX_FILE_SIZE {
+            r.errors.push(format!("inode {ino}: size {} beyond the largest file", l.rec.size));
+        }
+        if l.rec.kind == InodeKind::Dir {
+            if l.rec.size % DIRENT_SIZE != 0 {
+                r.errors.push(format!(
+                    "directory {ino}: size {} not a multiple of {DIRENT_SIZE}",
+                    l.rec.size
+                ));
+            }
+            let mapped: u64 = l
+                .extents
+                .iter()
+                .filter(|e| e.page < size_pages)
+                .map(|e| u64::from(e.count).min(size_pages - e.page))
+                .sum();
+            if mapped < size_pages {
+                r.errors.push(format!(
+                    "directory {ino}: size {} bytes beyond its {mapped} blocks",
+                    l.rec.size
+                ));
+            }
         }
     }
     check_refcounts(pool, &g, &refs, &mut r);
@@ -237,15 +249,14 @@ fn check_tree(pool: &Pool, sb: &Superblock, inodes: &BTreeMap<u64, Loaded>, r: &
     }
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut visited: BTreeSet<u64> = BTreeSet::new();
-    let mut stack = vec![(sb.root_ino, 0usize)];
+    let mut stack = vec![sb.root_ino];
     visited.insert(sb.root_ino);
     let mut b = vec![0u8; DIRENT_SIZE as usize];
-    while let Some((dir, depth)) = stack.pop() {
-        if depth > DEPTH_MAX {
-            r.errors.push(format!("directory {dir}: nested deeper than {DEPTH_MAX}"));
-            continue;
-        }
+    while let Some(dir) = stack.pop() {
         let Some(d) = inodes.get(&dir) else { continue };
+        if d.rec.size > d.extents.iter().map(|e| u64::from(e.count)).sum::<u64>() * PAGE_SIZE {
+            continue; // reported above: do not walk slots its blocks do not hold
+        }
         let mut names = HashSet::new();
         for slot in 0..d.rec.size / DIRENT_SIZE {
             let off = slot * DIRENT_SIZE;
@@ -285,7 +296,7 @@ fn check_tree(pool: &Pool, sb: &Superblock, inodes: &BTreeMap<u64, Loaded>, r: &
                     ));
                     continue;
                 }
-                stack.push((ent.ino, depth + 1));
+                stack.push(ent.ino);
             }
         }
     }

@@ -60,19 +60,33 @@ impl Shared {
         Ok(())
     }
 
-    /// Allocates blocks for every hole of `pages`.
+    /// Allocates blocks for every hole of `pages`, all or nothing.
     pub(crate) fn fill_holes(
         &self,
         inode: &Inode,
         lay: &mut Layout,
         pages: Range<u64>,
     ) -> FsResult<()> {
-        for h in lay.extents.holes(pages) {
-            let runs = self.alloc_for(inode.ino, h.end - h.start)?;
-            let mut at = h.start;
-            for r in runs {
-                lay.extents.insert(at, r.pfn, r.count);
-                at += r.count;
+        let holes = lay.extents.holes(pages);
+        let total: u64 = holes.iter().map(|h| h.end - h.start).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let runs = self.alloc_for(inode.ino, total)?;
+        let mut frames = runs.iter().flat_map(|r| r.iter()).peekable();
+        for h in holes {
+            let mut page = h.start;
+            while page < h.end {
+                let first = frames.next().expect("allocated one frame per hole page");
+                let mut count = 1;
+                while page + count < h.end
+                    && frames.peek().is_some_and(|f| f.raw() == first.raw() + count)
+                {
+                    frames.next();
+                    count += 1;
+                }
+                lay.extents.insert(page, first, count);
+                page += count;
             }
         }
         Ok(())
@@ -106,8 +120,9 @@ impl Shared {
         let last = shared.last().map(|e| e.end()).unwrap_or(pages.end);
         let _inv = self.zap(inode, first..last, LayoutReason::CowBreak);
         let pool = self.mem().pool();
-        for e in shared {
-            let new = self.alloc_blocks(inode.ino, 1, pinwheel_mm::Placement::Contiguous)?[0].pfn;
+        // All or nothing: a failed allocation leaves the file as it was.
+        let fresh = self.alloc_for(inode.ino, shared.len() as u64)?;
+        for (e, new) in shared.into_iter().zip(fresh.iter().flat_map(|r| r.iter())) {
             pool.copy_frame(e.pfn, new).map_err(FsError::Mm)?;
             lay.extents.remove(e.page..e.end());
             lay.extents.insert(e.page, new, 1);

@@ -119,7 +119,11 @@ impl Shared {
             });
         }
         let keep = size.div_ceil(PAGE_SIZE);
-        self.layout_op(inode, keep..u64::MAX, LayoutReason::Truncate, caller, |lay| {
+        // Zeroing the tail of a shared last page copies it: then that page changes layout too.
+        let tail_shared = !size.is_multiple_of(PAGE_SIZE)
+            && inode.layout.read().extents.lookup(size / PAGE_SIZE).is_some_and(|p| self.shared(p));
+        let first = if tail_shared { size / PAGE_SIZE } else { keep };
+        self.layout_op(inode, first..u64::MAX, LayoutReason::Truncate, caller, |lay| {
             self.remove_pages(inode, lay, keep, u64::MAX, LayoutReason::Truncate)?;
             if !size.is_multiple_of(PAGE_SIZE) {
                 self.zero_partial(inode, lay, size, PAGE_SIZE - size % PAGE_SIZE)?;

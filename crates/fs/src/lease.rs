@@ -184,7 +184,8 @@ mod tests {
         let r = lease(Read);
         let w = lease(Write);
         let u = lease(Unbreakable);
-        let t: Vec<(Vec<&Lease>, Option<LeaseKind>, LeaseKind, bool, Option<Errno>)> = vec![
+        type Case<'a> = (Vec<&'a Lease>, Option<LeaseKind>, LeaseKind, bool, Option<Errno>);
+        let t: Vec<Case<'_>> = vec![
             (vec![], None, Read, false, None),
             (vec![&r], None, Read, false, None),
             (vec![&u], None, Read, false, None),

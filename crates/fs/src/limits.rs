@@ -4,8 +4,6 @@
 pub const NAME_MAX: usize = 240;
 /// Longest path accepted.
 pub const PATH_MAX: usize = 4096;
-/// Deepest directory nesting walked (bounds recursion in fsck).
-pub const DEPTH_MAX: usize = 64;
 /// Extents stored in the inode record itself.
 pub const INLINE_EXTENTS: usize = 7;
 /// Extents per 4 KiB extent block (24-byte header, 24-byte records).
@@ -37,3 +35,7 @@ pub const KILL_GRACE_MS: u64 = 5_000;
 /// A new long-term pin waits at most this long (beyond the lease-break time) for a layout
 /// change in progress on its range (the `restore_mr` path).
 pub const PIN_WAIT_MARGIN_MS: u64 = 5_000;
+/// Frames data allocations leave free for metadata (extent blocks, directory blocks): the
+/// inode update that records a change must never fail for lack of space after the change
+/// moved reference counts. 64 frames hold the extent blocks of ~10 000 extents.
+pub const META_RESERVE_FRAMES: u64 = 64;

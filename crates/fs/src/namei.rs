@@ -82,7 +82,9 @@ pub struct DirEntry {
 
 pub(crate) fn components(path: &str) -> FsResult<Vec<&str>> {
     if path.len() > PATH_MAX {
-        return Err(FsError::NameTooLong { name: format!("{}...", &path[..64]) });
+        return Err(FsError::NameTooLong {
+            name: format!("{}...", path.chars().take(64).collect::<String>()),
+        });
     }
     if !path.starts_with('/') {
         return Err(FsError::invalid(format!("{path:?}: paths are absolute (start with /)")));
@@ -173,6 +175,56 @@ impl Shared {
             .map_err(FsError::Mm)
     }
 
+    /// True if `ino` is in the directory tree below `dir`.
+    pub(crate) fn in_subtree(&self, dir: &Arc<Inode>, ino: Ino) -> bool {
+        let mut stack = vec![Arc::clone(dir)];
+        let mut seen = 0usize;
+        while let Some(d) = stack.pop() {
+            seen += 1;
+            if seen > self.store.geo.inodes as usize {
+                return true;
+            }
+            let children: Vec<Ino> = d
+                .layout
+                .read()
+                .dir
+                .as_ref()
+                .map(|st| st.entries.values().map(|(i, _)| *i).collect())
+                .unwrap_or_default();
+            for c in children {
+                if c == ino {
+                    return true;
+                }
+                if let Ok(ci) = self.inode(c)
+                    && ci.layout.read().is_dir()
+                {
+                    stack.push(ci);
+                }
+            }
+        }
+        false
+    }
+
+    /// Records new paths for an inode and, for a directory, everything below it.
+    pub(crate) fn refresh_paths(&self, inode: &Arc<Inode>, path: String) {
+        let mut stack = vec![(Arc::clone(inode), path)];
+        while let Some((i, p)) = stack.pop() {
+            i.rt.lock().path = p.clone();
+            let children: Vec<(String, Ino)> = i
+                .layout
+                .read()
+                .dir
+                .as_ref()
+                .map(|st| st.entries.iter().map(|(n, (c, _))| (n.clone(), *c)).collect())
+                .unwrap_or_default();
+            for (name, c) in children {
+                if let Ok(ci) = self.inode(c) {
+                    stack.push((ci, join(&p, &name)));
+                }
+            }
+        }
+    }
+
     pub(crate) fn dir_add(&self, dir: &Inode, name: &str, ino: Ino) -> FsResult<()> {
         let mut l = dir.layout.write();
         let slot = {
@@ -212,7 +264,7 @@ impl Shared {
             self.free_inos.lock().pop_first().ok_or(FsError::NoSpace { needed: 1, free: 0 })?;
         let generation = {
             let mut sb = self.sb.lock();
-            sb.next_generation += 1;
+            sb.next_generation = sb.next_generation.wrapping_add(1).max(1);
             self.store.write_sb(&sb)?;
             sb.next_generation
         };
@@ -369,10 +421,15 @@ impl Filesystem {
         self.0.free_inode(&inode)
     }
 
-    /// Renames; an existing file at `to` is unlinked first.
+    /// Renames; an existing file at `to` is replaced (unlinked first, after every check).
     pub fn rename(&self, from: &str, to: &str, caller: &Caller) -> FsResult<()> {
         self.0.check_mounted()?;
         let src = self.0.resolve(from)?;
+        let (ddir, dname) = self.0.resolve_parent(to)?;
+        if src.layout.read().is_dir() && (ddir.ino == src.ino || self.0.in_subtree(&src, ddir.ino))
+        {
+            return Err(FsError::invalid(format!("cannot move {from} into itself")));
+        }
         if let Ok(dst) = self.0.resolve(to) {
             if dst.ino == src.ino {
                 return Ok(());
@@ -384,18 +441,14 @@ impl Filesystem {
         }
         let _ns = self.0.ns.lock();
         let (sdir, sname) = self.0.resolve_parent(from)?;
-        let (ddir, dname) = self.0.resolve_parent(to)?;
-        let src_path = src.path();
-        if src.layout.read().is_dir() && (to.starts_with(&format!("{src_path}/")) || to == src_path)
-        {
-            return Err(FsError::invalid(format!("cannot move {from} into itself")));
-        }
+        let (ddir, dname2) = self.0.resolve_parent(to)?;
+        debug_assert_eq!(dname, dname2);
         if ddir.layout.read().dir.as_ref().is_some_and(|d| d.entries.contains_key(&dname)) {
             return Err(FsError::Exists { path: to.into() });
         }
         self.0.dir_add(&ddir, &dname, src.ino)?;
         self.0.dir_remove(&sdir, &sname)?;
-        src.rt.lock().path = join(&ddir.path(), &dname);
+        self.0.refresh_paths(&src, join(&ddir.path(), &dname));
         Ok(())
     }
 

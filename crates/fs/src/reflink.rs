@@ -55,13 +55,25 @@ impl Shared {
         let len = if len == 0 { src_size.saturating_sub(src_off) } else { len };
         Shared::check_io(src_off, len)?;
         Shared::check_io(dst_off, len)?;
-        if len % PAGE_SIZE != 0 && src_off + len != src_size {
-            return Err(FsError::invalid(
-                "clone: length must be a multiple of 4096 unless the range ends at the source's end of file",
-            ));
-        }
         if src_off + len > src_size {
             return Err(FsError::invalid("clone: range beyond the source's end of file"));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        if len % PAGE_SIZE != 0 {
+            // The last block is shared whole: allowed only where its tail is beyond both ends of
+            // file, as Linux's remap rules require.
+            if src_off + len != src_size {
+                return Err(FsError::invalid(
+                    "clone: length must be a multiple of 4096 unless the range ends at the source's end of file",
+                ));
+            }
+            if dst_off + len < dst.layout.read().rec.size {
+                return Err(FsError::invalid(
+                    "clone: a range ending inside a block at the source's end of file must end at or beyond the destination's end of file",
+                ));
+            }
         }
         self.writeback(src)?;
         let n = len.div_ceil(PAGE_SIZE);
@@ -74,14 +86,19 @@ impl Shared {
                 drop((ls, ld, gs, gd));
                 continue;
             }
-            self.remove_pages(dst, &mut ld, dp, dp + n, LayoutReason::Punch)?;
-            for e in ls.extents.within(sp..sp + n) {
-                self.ref_blocks(&e)?;
-                ld.extents.insert(e.page - sp + dp, e.pfn, e.count);
-            }
-            ld.rec.size = ld.rec.size.max(dst_off + len);
-            ld.rec.mtime_ns = self.now_ns();
+            let r = (|| -> FsResult<()> {
+                self.remove_pages(dst, &mut ld, dp, dp + n, LayoutReason::Punch)?;
+                for e in ls.extents.within(sp..sp + n) {
+                    self.ref_blocks(&e)?;
+                    ld.extents.insert(e.page - sp + dp, e.pfn, e.count);
+                }
+                ld.rec.size = ld.rec.size.max(dst_off + len);
+                ld.rec.mtime_ns = self.now_ns();
+                Ok(())
+            })();
+            // Persist what was done even on failure: reference counts already moved.
             self.persist(&mut ld)?;
+            r?;
             self.counters.layout_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }

@@ -140,7 +140,7 @@ impl Store {
         Ok((out, chain))
     }
 
-    /// Allocates one metadata frame (rc 1).
+    /// Allocates one metadata frame (rc 1); may use the metadata reserve.
     fn alloc_meta(&self) -> FsResult<u64> {
         let run =
             self.mem.alloc(1, Placement::Contiguous, Owner::Metadata, true).map_err(|e| match e

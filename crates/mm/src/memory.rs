@@ -25,7 +25,7 @@ use crate::frame::{FrameFlags, FrameTable, Owner};
 use crate::limits::DISCARD_MIN_FRAMES;
 use crate::notifier::InvalidateReason;
 use crate::pin::{PinId, PinInfo, PinInner};
-use crate::pool::{Pool, PoolBacking};
+use crate::pool::Pool;
 use crate::rmap::{FileMapping, Rmap, ZapReport};
 use crate::types::{AspaceId, FRAMES_PER_HUGE, FileId, FrameRun, HUGE_ORDER, PAGE_SIZE, Pfn};
 
@@ -92,13 +92,14 @@ impl std::fmt::Debug for Memory {
 }
 
 impl Memory {
-    /// Memory over `pool` with every frame free. A memfd pool is known to read as zeros; a
-    /// file pool may hold old data, so its frames are zeroed when handed out.
+    /// Memory over `pool` with every frame free. A memfd this process created is known to
+    /// read as zeros; any other pool (a file, a received fd) may hold old data, so its frames
+    /// are zeroed when handed out.
     pub fn new(pool: Pool, clock: Arc<dyn Clock>) -> Arc<Memory> {
         let n = pool.frames();
         let mut buddy = Buddy::new(n);
         buddy.free_range(FrameRun::new(Pfn::new(0), n));
-        if matches!(pool.backing(), PoolBacking::File(_)) {
+        if !pool.fresh() {
             buddy.set_dirty(FrameRun::new(Pfn::new(0), n), true);
         }
         Arc::new(Memory {
@@ -187,6 +188,14 @@ impl Memory {
         // page again after a punch, ten times the cost of zeroing one that is resident.
         self.counters.frames_zeroed.fetch_add(r.count, Ordering::Relaxed);
         self.pool.fill(r.pfn.offset(), r.bytes(), 0)
+    }
+
+    /// Treats every free frame as possibly holding old data (mounting an existing image: its
+    /// free blocks held files once).
+    pub fn assume_dirty(&self) {
+        let mut b = self.buddy.lock();
+        let n = self.pool.frames();
+        b.set_dirty(FrameRun::new(Pfn::new(0), n), true);
     }
 
     /// Claims specific free frames for `owner` (mounting a filesystem). `EEXIST` if any is in

@@ -25,6 +25,8 @@ pub enum PoolBacking {
     Memfd,
     /// A file: persistent if the file system is.
     File(PathBuf),
+    /// An fd received from elsewhere (fork, `SCM_RIGHTS`): its bytes may be in use.
+    Received,
 }
 
 /// The pool. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -100,7 +102,12 @@ impl Pool {
 
     /// Maps a pool fd received from another process (fork, `SCM_RIGHTS`): the same bytes.
     pub fn from_fd(fd: OwnedFd) -> Result<Pool> {
-        Pool::map_fd(fd, PoolBacking::Memfd, "received fd".into())
+        Pool::map_fd(fd, PoolBacking::Received, "received fd".into())
+    }
+
+    /// True only for a memfd this process just created: every byte reads as zero.
+    pub fn fresh(&self) -> bool {
+        self.backing == PoolBacking::Memfd
     }
 
     fn map_fd(fd: OwnedFd, backing: PoolBacking, name: String) -> Result<Pool> {

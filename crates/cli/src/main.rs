@@ -1,0 +1,112 @@
+//! `pinwheel`: the command-line tool (the part of rdma-core's tools and util-linux in
+//! DESIGN.md). Glue only: it parses the command line, hands each top-level subcommand to its
+//! module (`mkfs_cmd`, `fs_cmd`; later `demo`, `serve`, `perf`, `devinfo`, `pins`, ... as
+//! siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>): <detail>` and
+//! maps them to exit statuses. Everything else lives in the library crates.
+//!
+//! Exit statuses: 0 success; 1 the operation failed; 2 the command line is wrong (clap);
+//! 4 fsck found damage. No user input (bad sizes, missing or foreign files, a damaged image)
+//! makes it panic.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod fs_cmd;
+mod image;
+mod limits;
+mod mkfs_cmd;
+mod output;
+mod size;
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+/// The operation failed.
+const EXIT_FAILED: u8 = 1;
+/// fsck found damage (fsck(8)'s "errors left uncorrected").
+const EXIT_DAMAGED: u8 = 4;
+
+const ABOUT: &str =
+    "pinwheel: a reference system for long-term DMA pinning (pool, DAX filesystem, RDMA verbs)";
+
+const LONG_ABOUT: &str = "\
+pinwheel is a reference system for long-term DMA pinning: a memory pool that plays physical \
+(and persistent) memory, a DAX filesystem stored in that pool with layout leases, file pins and \
+pin policies, and a software RDMA device whose DMA engine reads and writes the pool - the host \
+stack that Linux MM, filesystem and RDMA developers designed between 2017 and 2019 (FOLL_PIN, \
+FS-DAX, layout leases, recall and revoke) and never got to run. This command administers a pool \
+image offline: `pinwheel mkfs` formats a pool file, and `pinwheel fs --pool POOL ...` lists, \
+inspects, writes, reflinks, defragments and checks the filesystem in it while no other process \
+uses it.";
+
+const AFTER_HELP: &str = "\
+Sizes, offsets and lengths accept K, M, G and T suffixes (powers of 1024) or 0x hex.
+Exit status: 0 success, 1 the operation failed, 2 bad command line, 4 fsck found damage.
+Errors read `pinwheel: <op> <path>: <strerror> (<ERRNAME>): <detail>`.";
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(name = "pinwheel", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Top-level subcommands, one module each.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Format a pool file with an empty pinwheel filesystem.
+    Mkfs(mkfs_cmd::MkfsArgs),
+    /// Inspect and change the filesystem in a pool file (offline: the image is mounted for the
+    /// one command and unmounted after it).
+    ///
+    /// Paths inside the filesystem are absolute (`/dir/file`). Every command except fsck mounts
+    /// the image, so a damaged image is refused with EUCLEAN; fsck reads it raw and reports
+    /// what is wrong.
+    Fs(fs_cmd::FsArgs),
+}
+
+fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        Command::Mkfs(a) => mkfs_cmd::run(a, out),
+        Command::Fs(a) => fs_cmd::run(a, out),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = run(cli.command, &mut out).and_then(|()| {
+        out.flush().map_err(|e| CliError::io("write", "stdout", "writing the output failed", e))
+    });
+    let err = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        // The reader went away (`pinwheel ... | head`): nothing to tell it.
+        Err(e) if e.is_broken_pipe() => return ExitCode::SUCCESS,
+        Err(e) => e,
+    };
+    // Whatever the command printed comes before its error.
+    let _ = out.flush();
+    let _ = writeln!(io::stderr(), "pinwheel: {err}");
+    match err {
+        CliError::Damaged { .. } => ExitCode::from(EXIT_DAMAGED),
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
