@@ -66,7 +66,10 @@ pub enum LayoutReason {
 impl LayoutReason {
     /// True if the change moves or frees blocks that pins may hold.
     pub fn affects_pins(self) -> bool {
-        !matches!(self, LayoutReason::Allocate | LayoutReason::Resize | LayoutReason::Share)
+        // Sharing moves nothing, but a pinned or mapped block that becomes shared must not be
+        // written in place any more (it now belongs to the clone too): pins and writable
+        // translations of the source must go, so the next write copies on write.
+        !matches!(self, LayoutReason::Allocate | LayoutReason::Resize)
     }
     /// Name for messages.
     pub fn name(self) -> &'static str {

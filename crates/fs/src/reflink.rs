@@ -2,8 +2,10 @@
 //! table); the first write to a shared block in either file copies it (`io.rs`, `unshare`).
 //!
 //! Sharing is a layout change of the source (Ira Weiny's lease text: the layout includes
-//! "block sharing"), so the source's leases are broken (an unbreakable lease fails the clone);
-//! the source's pins are unaffected — its blocks do not move. The destination range is
+//! "block sharing"): the source's leases are broken (an unbreakable lease fails the clone), its
+//! long-term pins are handled by the policy (a write pin on a block that becomes shared would
+//! let DMA change the clone), and every translation of the range is zapped, so the next write
+//! through a mapping, an ODP or file MR faults and copies on write. The destination range is
 //! replaced: a layout change that frees blocks.
 
 use std::sync::Arc;
@@ -87,6 +89,9 @@ impl Shared {
                 continue;
             }
             let r = (|| -> FsResult<()> {
+                // Every translation of the source range goes first: afterwards its blocks are
+                // shared, and a write must fault and copy rather than land in the clone.
+                let _inv = self.zap(src, sp..sp + n, LayoutReason::Share);
                 self.remove_pages(dst, &mut ld, dp, dp + n, LayoutReason::Punch)?;
                 for e in ls.extents.within(sp..sp + n) {
                     self.ref_blocks(&e)?;
