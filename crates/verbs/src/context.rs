@@ -120,6 +120,27 @@ impl Context {
         self.0.events.counts()
     }
 
+    /// `restore_mr` by key (what an event names): the MR must belong to this context.
+    pub fn restore_mr(&self, lkey: crate::types::Lkey) -> VerbsResult<()> {
+        let mr =
+            self.0.dev.mrs.get(lkey.0).filter(|m| m.pd.ctx.handle == self.0.handle).ok_or_else(
+                || VerbsError::invalid(format!("{lkey}: no such MR on handle {}", self.0.handle)),
+            )?;
+        mr.restore()
+    }
+
+    /// The MRs of this context.
+    pub fn mrs(&self) -> Vec<crate::mr::MrInfo> {
+        self.0
+            .dev
+            .mrs
+            .all()
+            .iter()
+            .filter(|m| m.pd.ctx.handle == self.0.handle)
+            .map(|m| m.info())
+            .collect()
+    }
+
     /// A lease holder that posts this context's `LeaseRecalled` / `LeaseRevoked` events; pass
     /// it when taking a layout lease.
     pub fn lease_holder(&self) -> Arc<dyn LeaseHolder> {

@@ -42,12 +42,13 @@ impl CqInner {
         if q.len() >= self.depth {
             drop(q);
             if !self.overflowed.swap(true, Ordering::AcqRel)
-                && let Some(ctx) = self.ctx.upgrade() {
-                    ctx.events.post(AsyncEvent::new(
-                        EventType::CqErr,
-                        format!("CQ {} overflowed (depth {})", self.id, self.depth),
-                    ));
-                }
+                && let Some(ctx) = self.ctx.upgrade()
+            {
+                ctx.events.post(AsyncEvent::new(
+                    EventType::CqErr,
+                    format!("CQ {} overflowed (depth {})", self.id, self.depth),
+                ));
+            }
             return;
         }
         q.push_back(wc);

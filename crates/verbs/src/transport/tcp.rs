@@ -186,9 +186,10 @@ impl Link {
 
     fn kick_waiter(&self) {
         if let Some(w) = self.waiting.lock().take()
-            && let Some(q) = w.upgrade() {
-                q.dev().kick(w);
-            }
+            && let Some(q) = w.upgrade()
+        {
+            q.dev().kick(w);
+        }
     }
 }
 
@@ -320,9 +321,10 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
     // A local source that is decoherent now: hold before anything is on the wire.
     for s in &src {
         if let Span::Mr { mr, .. } = s
-            && mr.state() == MrState::Decoherent {
-                return Outcome::Held(Arc::clone(mr));
-            }
+            && mr.state() == MrState::Decoherent
+        {
+            return Outcome::Held(Arc::clone(mr));
+        }
     }
     let psn = link.next_psn.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
     let rnr_retry = qp.core.lock().attr.rnr_retry;
