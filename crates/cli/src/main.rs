@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod demo_cmd;
 mod error;
 mod fs_cmd;
 mod image;
@@ -60,6 +61,12 @@ struct Cli {
 /// Top-level subcommands, one module each.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run every long-term pin option of the debate on the same workloads and print what
+    /// each costs (the main job; start here).
+    Demo(demo_cmd::DemoArgs),
+    /// The demo's client process (started by `pinwheel demo`).
+    #[command(hide = true)]
+    DemoClient(demo_cmd::DemoClientArgs),
     /// Format a pool file with an empty pinwheel filesystem.
     Mkfs(mkfs_cmd::MkfsArgs),
     /// Inspect and change the filesystem in a pool file (offline: the image is mounted for the
@@ -73,6 +80,8 @@ enum Command {
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
     match command {
+        Command::Demo(a) => demo_cmd::run(a, out),
+        Command::DemoClient(a) => demo_cmd::run_client(a),
         Command::Mkfs(a) => mkfs_cmd::run(a, out),
         Command::Fs(a) => fs_cmd::run(a, out),
     }
