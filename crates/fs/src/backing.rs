@@ -47,13 +47,17 @@ impl Drop for InodeBacking {
 impl Shared {
     fn cow_fault(&self, inode: &Inode, page: u64) -> FsResult<()> {
         {
-            let rt = inode.rt.lock();
+            // Lock order: layout before runtime (as everywhere).
             let dax = !inode.layout.read().page_cache();
+            let rt = inode.rt.lock();
             let lenient = matches!(
                 pin_action(self.policy(), dax),
                 PinAction::ReuseUnderDma | PinAction::Orphan
             );
-            if rt.sealed() || (!lenient && rt.pins_on(&(page..page + 1)).next().is_some()) {
+            // A pin still being established (its own write fault brought us here) holds no
+            // frame yet: copying the block under it is what it is waiting for.
+            let pinned = rt.pins_on(&(page..page + 1)).any(|(_, p)| p.established);
+            if rt.sealed() || (!lenient && pinned) {
                 return Err(FsError::PinRefused {
                     errno: pinwheel_mm::Errno::EFAULT,
                     reason: format!(

@@ -148,3 +148,39 @@ fn dax_page_cache_files_map_cache_frames_written_back() {
     fs2.read(fs2.lookup("/pc").unwrap(), 0, &mut b).unwrap();
     assert_eq!(&b, b"cached");
 }
+
+/// Regression: a copy-on-write fault through a mapping took the runtime lock before the
+/// layout lock, the reverse of `write()`'s order; both at once on a shared file deadlocked.
+#[test]
+fn dax_cow_fault_and_write_on_a_shared_file_do_not_deadlock() {
+    let mem = memory(64);
+    let fs = mkfs(&mem, PinPolicy::Deny);
+    let ino = file(&fs, "/f", 16, 1);
+    let a = AddressSpace::new(&mem);
+    let p = map(&fs, &a, ino, 16);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs2 = fs.clone();
+    let t = std::thread::spawn(move || {
+        for round in 0..40 {
+            let snap = format!("/snap{round}");
+            fs2.clone_file("/f", &snap, &admin()).unwrap();
+            for page in (0..16).rev() {
+                fs2.write(ino, page * PAGE_SIZE + 8, b"write()", &admin()).unwrap();
+            }
+            fs2.unlink(&snap, &admin()).unwrap();
+        }
+        tx.send(()).unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        for page in 0..16 {
+            a.write(at(p, page), b"store").unwrap();
+        }
+        match rx.try_recv() {
+            Ok(()) => break,
+            Err(_) => assert!(std::time::Instant::now() < deadline, "deadlocked"),
+        }
+    }
+    t.join().unwrap();
+    assert_fsck(&fs);
+}
