@@ -53,7 +53,13 @@ pub(crate) struct FilePinHandle {
     fs: Weak<Shared>,
 }
 
-impl FilePinGuard for FilePinHandle {}
+impl FilePinGuard for FilePinHandle {
+    fn established(&self) {
+        if let Some(p) = self.inode.rt.lock().pins.get_mut(&self.id) {
+            p.established = true;
+        }
+    }
+}
 
 impl Drop for FilePinHandle {
     fn drop(&mut self) {
@@ -140,6 +146,7 @@ impl Shared {
                     lease,
                     taken_at: self.clock().now(),
                     notified: false,
+                    established: false,
                 },
             );
             self.counters.pins_taken.fetch_add(1, Ordering::Relaxed);

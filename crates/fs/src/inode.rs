@@ -67,6 +67,8 @@ pub(crate) struct FilePin {
     pub(crate) taken_at: Duration,
     /// Told to decohere / revoke by the current break.
     pub(crate) notified: bool,
+    /// The mm pin holds its frames (false while `pin_user_pages` is still faulting them in).
+    pub(crate) established: bool,
 }
 
 /// A layout change in progress on pages `pages`; new long-term pins of those pages wait.

@@ -96,25 +96,4 @@ impl Filesystem {
             .ok_or_else(|| FsError::invalid("range overflows"))?;
         Ok(inode.hub.subscribe(range, ops)?)
     }
-
-    /// The frames behind file pages `pages` (allocating holes when `write`), without pinning:
-    /// the file-MR fault path. Validate with the subscription's `read_retry`. Pages beyond the
-    /// end of the file fail with `EFAULT`.
-    pub fn resolve_pages(
-        &self,
-        ino: Ino,
-        pages: std::ops::Range<u64>,
-        write: bool,
-        out: &mut Vec<pinwheel_mm::Pfn>,
-    ) -> FsResult<()> {
-        let inode = self.0.inode(ino)?;
-        let backing = backing::InodeBacking::new(std::sync::Arc::clone(&self.0), inode);
-        for p in pages {
-            pinwheel_mm::FileBacking::fault(backing.as_ref(), p, write, &mut |pfn| {
-                out.push(pfn);
-                Ok(())
-            })?;
-        }
-        Ok(())
-    }
 }

@@ -44,7 +44,12 @@ impl fmt::Debug for PinOwner {
 
 /// Proof that the backing allowed a long-term pin; dropping it releases the file pin. Dropped
 /// by the [`crate::Pin`] after its frames are unpinned.
-pub trait FilePinGuard: Send + Sync + fmt::Debug {}
+pub trait FilePinGuard: Send + Sync + fmt::Debug {
+    /// Called once the pin holds every frame of its range. Until then the filesystem may treat
+    /// the pin as pending: a copy-on-write fault taken *by the pinning itself* must not be
+    /// refused because of the pin being established.
+    fn established(&self) {}
+}
 
 /// A mappable file, implemented by the filesystem.
 pub trait FileBacking: Send + Sync + fmt::Debug {

@@ -474,6 +474,9 @@ fn pin_charged(
             Ok(runs) => {
                 mem.counters.pins_acquired.fetch_add(hi - lo, Ordering::Relaxed);
                 inner.runs.set(runs).expect("runs are set once");
+                for g in &guards {
+                    g.established();
+                }
                 st.guards = guards;
                 drop(st);
                 return Ok(Pin { inner });

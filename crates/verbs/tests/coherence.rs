@@ -386,3 +386,36 @@ fn file_mr_follows_layout_changes() {
     a.post_send(&[SendWr::write(3, sge(&smr, src, 100), 5 * PAGE_SIZE, fmr.rkey())]).unwrap();
     assert_eq!(wc(&cq).status, WcStatus::RemAccessErr);
 }
+
+#[test]
+fn restore_after_reflink_writes_the_victim_not_the_clone() {
+    let f = fs_node(PinPolicy::Decohere);
+    let (ino, at) = victim(&f, 16);
+    let mr = f.n.mr(at, 16 * PAGE_SIZE, Access::all_rw());
+    let fs = f.fs.clone();
+    let clone = std::thread::spawn(move || fs.clone_file("/victim", "/snap", &Caller::admin()));
+    let ev = f.n.ctx.get_async_event(T).expect("MrDecoherent");
+    assert_eq!((ev.kind, ev.mr), (EventType::MrDecoherent, Some(mr.lkey())));
+    mr.restore().unwrap();
+    let snap = clone.join().unwrap().unwrap();
+    assert_eq!(mr.info().resident_pages, 16, "restore pinned the whole range");
+    let (a, _b, cq) = f.n.pair();
+    let src = f.n.buf(PAGE_SIZE, 0x6b);
+    let smr = f.n.mr(src, PAGE_SIZE, Access::all_rw());
+    let wrs: Vec<SendWr> = (0..16)
+        .map(|i| SendWr::write(i, sge(&smr, src, 64), at.raw() + i * PAGE_SIZE, mr.rkey()))
+        .collect();
+    a.post_send(&wrs).unwrap();
+    for i in 0..16 {
+        let w = wc(&cq);
+        assert_eq!((w.wr_id, w.status), (i, WcStatus::Success));
+    }
+    let (mut v, mut s) = (vec![0u8; 16 * 4096], vec![0u8; 16 * 4096]);
+    f.fs.read(ino, 0, &mut v).unwrap();
+    f.fs.read(snap, 0, &mut s).unwrap();
+    for i in 0..16usize {
+        assert_eq!(v[i * 4096], 0x6b, "page {i}: the write landed in the victim");
+        assert_eq!(s[i * 4096], 0x33, "page {i}: the clone kept the data of the clone time");
+    }
+    assert!(f.fs.fsck().clean());
+}
