@@ -222,8 +222,11 @@ enum Backing {
         handle: OnceLock<NotifierHandle>,
     },
     File {
-        fs: Filesystem,
         ino: Ino,
+        /// The file itself, held like a mapping holds it: an unlinked file stays alive (and its
+        /// blocks allocated) until the MR is deregistered, and the inode number can never
+        /// name another file to this MR.
+        file: Arc<dyn pinwheel_mm::FileBacking>,
         first_page: u64,
         table: OdpTable,
         handle: OnceLock<NotifierHandle>,
@@ -446,14 +449,14 @@ impl MrInner {
                         .range_fault(va, (pages.end - pages.start) * PAGE_SIZE, write, &mut pfns)
                         .map_err(|e| e.to_string())?;
                 }
-                Backing::File { fs, ino, first_page, .. } => {
-                    fs.resolve_pages(
-                        *ino,
-                        first_page + pages.start..first_page + pages.end,
-                        write,
-                        &mut pfns,
-                    )
-                    .map_err(|e| e.to_string())?;
+                Backing::File { file, first_page, .. } => {
+                    for p in first_page + pages.start..first_page + pages.end {
+                        file.fault(p, write, &mut |pfn| {
+                            pfns.push(pfn);
+                            Ok(())
+                        })
+                        .map_err(|e| e.to_string())?;
+                    }
                 }
                 Backing::Pinned { .. } => return Ok(()),
             }
@@ -947,14 +950,20 @@ impl ProtectionDomain {
             .ok_or_else(|| VerbsError::invalid("file MR range overflows"))?;
         let base = offset % PAGE_SIZE;
         let table = OdpTable::new(end / PAGE_SIZE - first_page);
-        fs.stat_ino(ino)?;
+        let file = fs.backing(ino)?;
         let mr = self.new_mr(
             offset,
             len,
             base,
             access,
             MrKind::File,
-            Backing::File { fs: fs.clone(), ino, first_page, table, handle: OnceLock::new() },
+            Backing::File {
+                ino,
+                file,
+                first_page,
+                table,
+                handle: OnceLock::new(),
+            },
         )?;
         let weak: Weak<dyn IntervalNotifier> = Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
         match fs.subscribe(ino, first_page * PAGE_SIZE, end - first_page * PAGE_SIZE, weak) {
