@@ -129,7 +129,16 @@ pub fn run(a: DemoArgs, out: &mut dyn Write) -> Result<(), CliError> {
         if !notes.is_empty() {
             writeln!(out, "\n{notes}").map_err(io)?;
         }
-        writeln!(out, "{} runs in {:.1} s ({} holder). corrupt: bytes of other files changed; lost: acknowledged writes missing from the victim.", report.runs.len(), started.elapsed().as_secs_f64(), opts.holder.name()).map_err(io)?;
+        let n = report.runs.len();
+        writeln!(
+            out,
+            "{n} run{} in {:.1} s ({} holder). corrupt: bytes of other files changed; lost: \
+             acknowledged writes missing from the victim.",
+            if n == 1 { "" } else { "s" },
+            started.elapsed().as_secs_f64(),
+            opts.holder.name()
+        )
+        .map_err(io)?;
     }
     if let Some(path) = &a.svg {
         std::fs::write(path, report.svg()).map_err(|e| CliError::Io {

@@ -47,8 +47,9 @@ pub struct ClientLog {
     pub writes_per_sec: f64,
     /// Verifying reads whose data differed from the last acknowledged write of the slot.
     pub read_mismatches: u64,
-    /// Per slot: `[slot, seq, ack time (CLOCK_MONOTONIC ns)]` of the last acknowledged write.
-    pub slots: Vec<[u64; 3]>,
+    /// Per slot: `[slot, seq, send time, ack time]` (CLOCK_MONOTONIC ns) of the last
+    /// acknowledged write.
+    pub slots: Vec<[u64; 4]>,
     /// Why the stream stopped early, if it did.
     pub stopped: Option<String>,
 }
@@ -217,7 +218,7 @@ pub fn run(args: &ClientArgs) -> Result<(), String> {
         }
     }
     log.writes_per_sec = writes_done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    log.slots = last.iter().map(|(s, (q, _, t))| [u64::from(*s), *q, *t]).collect();
+    log.slots = last.iter().map(|(s, (q, ts, ta))| [u64::from(*s), *q, *ts, *ta]).collect();
     write_log(args, &log)
 }
 

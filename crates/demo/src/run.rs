@@ -440,10 +440,12 @@ pub(crate) fn run(
     }
     let victim_bytes = read_file(&fs, victim);
     let mut lost = 0;
-    for [slot, seq, t_ack] in &log.slots {
+    for [slot, seq, t_send, _t_ack] in &log.slots {
         let off = record::slot_offset(*slot);
+        // A write sent before the removal finished may have landed before it: its data went
+        // with the range. A write sent after it must be in the file — or must have failed.
         if let Some((ranges, t_removed)) = &out.removed {
-            if *t_ack < *t_removed && ranges.iter().any(|r| r.contains(&off)) {
+            if *t_send < *t_removed && ranges.iter().any(|r| r.contains(&off)) {
                 continue;
             }
         }
