@@ -298,7 +298,7 @@ impl Device {
             atomic_cap: "ATOMIC_HCA",
             odp_rc_caps: vec!["SEND", "RECV", "WRITE", "READ", "ATOMIC", "SRQ_RECV"],
             restore_mr: true,
-            phys_port_cnt: 1,
+            phys_port_cnt: PHYS_PORTS,
             active_mtu: 4096,
             transport: "pinwheel (loopback, TCP)",
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use pinwheel_mm::{MmError, PoolOffset};
 
 use crate::mr::{DmaError, MrInner};
-use crate::qp::{Peer, QpInner};
+use crate::qp::{Peer, QpCore, QpInner};
 use crate::types::{Access, Opcode, QpState, Qpn, WcStatus};
 use crate::wr::{RecvWr, SendWr, Sge, WcOpcode, WorkCompletion};
 
@@ -39,9 +39,32 @@ pub(crate) enum Outcome {
     Busy,
 }
 
+/// Whose buffer a span is: it decides the status when the buffer cannot be used.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The initiator's own buffer (its lkey): `LOC_PROT_ERR`.
+    Initiator,
+    /// The responder's buffer named by an rkey: `REM_ACCESS_ERR`, the responder goes to ERR.
+    Target,
+    /// The responder's receive buffer (its lkey): `REM_OP_ERR` at the initiator; the
+    /// receive completes with `LOC_PROT_ERR` and the responder goes to ERR.
+    Receive,
+}
+
+impl Side {
+    /// The initiator's status when this side's buffer cannot be used.
+    fn status(self) -> WcStatus {
+        match self {
+            Side::Initiator => WcStatus::LocProtErr,
+            Side::Target => WcStatus::RemAccessErr,
+            Side::Receive => WcStatus::RemOpErr,
+        }
+    }
+}
+
 /// A piece of a transfer: part of an MR, or bytes carried inline.
 pub(crate) enum Span {
-    Mr { mr: Arc<MrInner>, off: u64, len: u64, remote: bool },
+    Mr { mr: Arc<MrInner>, off: u64, len: u64, side: Side },
     Bytes(Vec<u8>),
 }
 
@@ -60,22 +83,15 @@ pub(crate) enum Fail {
     Status(WcStatus),
 }
 
-fn map_dma<E>(
-    e: DmaError<E>,
-    mr: &Arc<MrInner>,
-    remote: bool,
-    copy: impl FnOnce(E) -> Fail,
-) -> Fail {
+fn map_dma<E>(e: DmaError<E>, mr: &Arc<MrInner>, side: Side, copy: impl FnOnce(E) -> Fail) -> Fail {
     match e {
         DmaError::Held => Fail::Held(Arc::clone(mr)),
         DmaError::Copy(x) => copy(x),
         DmaError::Fault(why) => {
             tracing::debug!(mr = mr.key, why, "fault failed");
-            Fail::Status(if remote { WcStatus::RemAccessErr } else { WcStatus::LocProtErr })
+            Fail::Status(side.status())
         }
-        DmaError::Gone | DmaError::Bounds => {
-            Fail::Status(if remote { WcStatus::RemAccessErr } else { WcStatus::LocProtErr })
-        }
+        DmaError::Gone | DmaError::Bounds => Fail::Status(side.status()),
     }
 }
 
@@ -92,11 +108,23 @@ pub(crate) fn local_span(qp: &QpInner, sge: &Sge, need_write: bool) -> Result<Sp
     if off.checked_add(u64::from(sge.length)).is_none_or(|e| e > mr.len) {
         return Err(WcStatus::LocProtErr);
     }
-    Ok(Span::Mr { mr, off, len: u64::from(sge.length), remote: false })
+    Ok(Span::Mr { mr, off, len: u64::from(sge.length), side: Side::Initiator })
 }
 
 fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Result<Vec<Span>, WcStatus> {
     sges.iter().filter(|s| s.length > 0).map(|s| local_span(qp, s, need_write)).collect()
+}
+
+/// Resolves the buffers of a receive at the responder `t` (`Err`: `LOC_PROT_ERR`, the
+/// receive's status).
+pub(crate) fn recv_spans(t: &QpInner, r: &RecvWr) -> Result<Vec<Span>, WcStatus> {
+    let mut spans = local_spans(t, &r.sg_list, true)?;
+    for s in &mut spans {
+        if let Span::Mr { side, .. } = s {
+            *side = Side::Receive;
+        }
+    }
+    Ok(spans)
 }
 
 /// Resolves the target of a remote operation at the responder `target`: key → PD → access
@@ -120,12 +148,12 @@ pub(crate) fn remote_span(
     if off.checked_add(len).is_none_or(|e| e > mr.len) {
         return Err(WcStatus::RemAccessErr);
     }
-    Ok(Span::Mr { mr, off, len, remote: true })
+    Ok(Span::Mr { mr, off, len, side: Side::Target })
 }
 
 /// Copies `n` bytes from `src` at `soff` to `dst` at `doff` (both spans), entering both MRs.
 fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<(), Fail> {
-    let Span::Mr { mr: dmr, off: dbase, remote: dremote, .. } = dst else {
+    let Span::Mr { mr: dmr, off: dbase, side: dside, .. } = dst else {
         return Err(Fail::Status(WcStatus::GeneralErr));
     };
     let pool = dmr.dev().mem.pool();
@@ -137,9 +165,9 @@ fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<()
                 cur += l as usize;
                 r
             })
-            .map_err(|e| map_dma(e, dmr, *dremote, |_| Fail::Status(WcStatus::GeneralErr)))
+            .map_err(|e| map_dma(e, dmr, *dside, |_| Fail::Status(WcStatus::GeneralErr)))
         }
-        Span::Mr { mr: smr, off: sbase, remote: sremote, .. } => {
+        Span::Mr { mr: smr, off: sbase, side: sside, .. } => {
             let mut dcur = dbase + doff;
             smr.dma(sbase + soff, n, false, |sp, sl| {
                 let mut scur = sp.raw();
@@ -150,10 +178,10 @@ fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<()
                 });
                 dcur += sl;
                 r.map_err(|e| {
-                    map_dma(e, dmr, *dremote, |_: MmError| Fail::Status(WcStatus::GeneralErr))
+                    map_dma(e, dmr, *dside, |_: MmError| Fail::Status(WcStatus::GeneralErr))
                 })
             })
-            .map_err(|e| map_dma(e, smr, *sremote, |f| f))
+            .map_err(|e| map_dma(e, smr, *sside, |f| f))
         }
     }
 }
@@ -184,7 +212,7 @@ pub(crate) fn copy_spans(src: &[Span], dst: &[Span]) -> Result<u64, Fail> {
 
 /// Performs an 8-byte atomic on `target` (a remote span) and returns the old value.
 pub(crate) fn atomic(target: &Span, op: Opcode, compare_add: u64, swap: u64) -> Result<u64, Fail> {
-    let Span::Mr { mr, off, remote, .. } = target else {
+    let Span::Mr { mr, off, side, .. } = target else {
         return Err(Fail::Status(WcStatus::GeneralErr));
     };
     let pool = mr.dev().mem.pool();
@@ -196,7 +224,7 @@ pub(crate) fn atomic(target: &Span, op: Opcode, compare_add: u64, swap: u64) -> 
         };
         Ok(())
     })
-    .map_err(|e| map_dma(e, mr, *remote, |_: MmError| Fail::Status(WcStatus::RemInvReqErr)))?;
+    .map_err(|e| map_dma(e, mr, *side, |_: MmError| Fail::Status(WcStatus::RemInvReqErr)))?;
     Ok(old)
 }
 
@@ -226,6 +254,14 @@ pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
     }
 }
 
+/// The responder `t` refused a request: remote access and invalid request errors break it.
+fn refused(t: &QpInner, status: WcStatus) -> Outcome {
+    if status == WcStatus::RemAccessErr || status == WcStatus::RemInvReqErr {
+        responder_error(t, status);
+    }
+    Outcome::Done(status, 0)
+}
+
 fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> Outcome {
     use Outcome::Done;
     let (t_state, t_access) = {
@@ -241,82 +277,12 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
     }
     let fail = |f: Fail| match f {
         Fail::Held(mr) => Outcome::Held(mr),
-        Fail::Status(s) => {
-            if s == WcStatus::RemAccessErr || s == WcStatus::RemInvReqErr {
-                responder_error(t, s);
-            }
-            Done(s, 0)
-        }
+        Fail::Status(s) => refused(t, s),
     };
     let dev = qp.dev();
     match wr.opcode {
         Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
-            let src = match source(qp, wr) {
-                Ok(s) => s,
-                Err(s) => return Done(s, 0),
-            };
-            let recv = if wr.opcode.consumes_recv() {
-                match take_recv(t, rnr_retry) {
-                    Ok(r) => Some(r),
-                    Err(o) => return o,
-                }
-            } else {
-                None
-            };
-            let dst = match wr.opcode {
-                Opcode::Write | Opcode::WriteWithImm => match remote_span(
-                    t,
-                    t_access,
-                    wr.rkey.0,
-                    wr.remote_addr,
-                    len,
-                    Access::REMOTE_WRITE,
-                ) {
-                    Ok(s) => vec![s],
-                    Err(s) => return fail(Fail::Status(s)),
-                },
-                _ => {
-                    let r = recv.as_ref().expect("sends take a receive");
-                    let cap: u64 = r.sg_list.iter().map(|s| u64::from(s.length)).sum();
-                    if cap < len {
-                        complete_recv(t, r, WcStatus::LocLenErr, 0, None);
-                        responder_error(t, WcStatus::LocLenErr);
-                        return Done(WcStatus::RemInvReqErr, 0);
-                    }
-                    match local_spans(t, &r.sg_list, true) {
-                        Ok(s) => s,
-                        Err(_) => {
-                            complete_recv(t, r, WcStatus::LocProtErr, 0, None);
-                            responder_error(t, WcStatus::LocProtErr);
-                            return Done(WcStatus::RemOpErr, 0);
-                        }
-                    }
-                }
-            };
-            match copy_spans(&src, &dst) {
-                Ok(n) => {
-                    dev.counters.bytes_written.fetch_add(n, Ordering::Relaxed);
-                    if let Some(r) = &recv {
-                        let imm = matches!(wr.opcode, Opcode::WriteWithImm | Opcode::SendWithImm)
-                            .then_some(wr.imm);
-                        complete_recv(
-                            t,
-                            r,
-                            WcStatus::Success,
-                            n as u32,
-                            imm.map(|i| (i, wr.opcode == Opcode::WriteWithImm)),
-                        );
-                    }
-                    Done(WcStatus::Success, n as u32)
-                }
-                Err(Fail::Held(mr)) => {
-                    if let Some(r) = recv {
-                        give_back_recv(t, r);
-                    }
-                    Outcome::Held(mr)
-                }
-                Err(f) => fail(f),
-            }
+            transfer(qp, wr, t, t_access, rnr_retry)
         }
         Opcode::Read => {
             let dst = match local_spans(qp, &wr.sg_list, true) {
@@ -327,7 +293,7 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
                 match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_READ)
                 {
                     Ok(s) => s,
-                    Err(s) => return fail(Fail::Status(s)),
+                    Err(s) => return refused(t, s),
                 };
             match copy_spans(&[src], &dst) {
                 Ok(n) => {
@@ -342,7 +308,7 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
                 return Done(WcStatus::LocLenErr, 0);
             }
             if !wr.remote_addr.is_multiple_of(8) {
-                return fail(Fail::Status(WcStatus::RemInvReqErr));
+                return refused(t, WcStatus::RemInvReqErr);
             }
             let dst = match local_span(qp, &wr.sg_list[0], true) {
                 Ok(s) => s,
@@ -352,7 +318,7 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
                 match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, 8, Access::REMOTE_ATOMIC)
                 {
                     Ok(s) => s,
-                    Err(s) => return fail(Fail::Status(s)),
+                    Err(s) => return refused(t, s),
                 };
             let old = match atomic(&tgt, wr.opcode, wr.compare_add, wr.swap) {
                 Ok(v) => v,
@@ -362,6 +328,99 @@ fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> 
                 Ok(()) => Done(WcStatus::Success, 8),
                 Err(f) => fail(f),
             }
+        }
+    }
+}
+
+/// WRITE, WRITE_WITH_IMM, SEND and SEND_WITH_IMM to the responder `t` of this node.
+///
+/// Every check that can refuse the request comes before a receive is taken (the responder
+/// validates the rkey before it consumes a receive WQE, as rxe_resp.c does), and a receive
+/// taken for a transfer that then fails for a reason other than its own buffer goes back to
+/// the head of its queue: every receive completes exactly once, successfully, in error or
+/// flushed.
+fn transfer(
+    qp: &Arc<QpInner>,
+    wr: &SendWr,
+    t: &Arc<QpInner>,
+    t_access: Access,
+    rnr_retry: u8,
+) -> Outcome {
+    use Outcome::Done;
+    let len = wr.length();
+    let src = match source(qp, wr) {
+        Ok(s) => s,
+        Err(s) => return Done(s, 0),
+    };
+    let target = match wr.opcode {
+        Opcode::Write | Opcode::WriteWithImm => {
+            match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_WRITE) {
+                Ok(s) => Some(s),
+                Err(s) => return refused(t, s),
+            }
+        }
+        _ => None,
+    };
+    let recv = if wr.opcode.consumes_recv() {
+        match take_recv(t, rnr_retry) {
+            Ok(r) => Some(r),
+            Err(o) => return o,
+        }
+    } else {
+        None
+    };
+    let dst = match (target, &recv) {
+        (Some(s), _) => vec![s],
+        (None, Some(r)) => {
+            let cap: u64 = r.sg_list.iter().map(|s| u64::from(s.length)).sum();
+            if cap < len {
+                complete_recv(t, r, WcStatus::LocLenErr, 0, None);
+                responder_error(t, WcStatus::LocLenErr);
+                return Done(WcStatus::RemInvReqErr, 0);
+            }
+            match recv_spans(t, r) {
+                Ok(s) => s,
+                Err(s) => {
+                    complete_recv(t, r, s, 0, None);
+                    responder_error(t, s);
+                    return Done(WcStatus::RemOpErr, 0);
+                }
+            }
+        }
+        (None, None) => return Done(WcStatus::GeneralErr, 0),
+    };
+    match copy_spans(&src, &dst) {
+        Ok(n) => {
+            qp.dev().counters.bytes_written.fetch_add(n, Ordering::Relaxed);
+            if let Some(r) = &recv {
+                let imm = matches!(wr.opcode, Opcode::WriteWithImm | Opcode::SendWithImm)
+                    .then_some((wr.imm, wr.opcode == Opcode::WriteWithImm));
+                complete_recv(t, r, WcStatus::Success, n as u32, imm);
+            }
+            Done(WcStatus::Success, n as u32)
+        }
+        Err(Fail::Held(mr)) => {
+            if let Some(r) = recv {
+                give_back_recv(t, r);
+            }
+            Outcome::Held(mr)
+        }
+        Err(Fail::Status(s)) if s == Side::Receive.status() => {
+            // The responder's own receive buffer failed (revoked, unmapped): its receive
+            // completes in error and it goes to ERR; the initiator learns REM_OP_ERR.
+            if let Some(r) = &recv {
+                complete_recv(t, r, WcStatus::LocProtErr, 0, None);
+            }
+            responder_error(t, WcStatus::LocProtErr);
+            Done(s, 0)
+        }
+        Err(Fail::Status(s)) => {
+            // The initiator's source or the WRITE's target failed: the receive was not used.
+            // Put back first, so a responder going to ERR flushes it.
+            if let Some(r) = recv {
+                give_back_recv(t, r);
+            }
+            refused(t, s)
         }
     }
 }
@@ -383,12 +442,20 @@ fn take_recv(t: &Arc<QpInner>, rnr_retry: u8) -> Result<RecvWr, Outcome> {
     Err(Outcome::Done(WcStatus::RnrRetryExcErr, 0))
 }
 
-/// Puts back a receive taken for a transfer that is held.
+/// Puts back a receive taken for a transfer that is held or failed without using it. A
+/// responder that went to ERR meanwhile flushes it at once (one reset meanwhile discarded its
+/// queue: so goes the receive); senders that found the queue empty meanwhile are woken.
 pub(crate) fn give_back_recv(t: &QpInner, r: RecvWr) {
+    let mut c = t.core.lock();
     match &t.srq {
         Some(s) => s.queue.lock().push_front(r),
-        None => t.core.lock().rq.push_front(r),
+        None if c.state == QpState::Reset => return,
+        None => c.rq.push_front(r),
     }
+    if c.state == QpState::Error {
+        t.flush(&mut c);
+    }
+    t.wake_rnr_waiters(&mut c);
 }
 
 /// Completes a receive at `t`; `imm` is (value, came with an RDMA WRITE).
@@ -433,6 +500,19 @@ pub(crate) fn complete_send(
     byte_len: u32,
 ) {
     let mut c = qp.core.lock();
+    complete_send_locked(qp, &mut c, wr_id, opcode, signaled, status, byte_len);
+}
+
+/// [`complete_send`] with the QP's lock held.
+pub(crate) fn complete_send_locked(
+    qp: &QpInner,
+    c: &mut QpCore,
+    wr_id: u64,
+    opcode: Opcode,
+    signaled: bool,
+    status: WcStatus,
+    byte_len: u32,
+) {
     c.completed += 1;
     if status != WcStatus::Success || signaled {
         qp.send_cq.push(WorkCompletion {
@@ -446,7 +526,7 @@ pub(crate) fn complete_send(
     }
     if status != WcStatus::Success {
         qp.dev().counters.errors.fetch_add(1, Ordering::Relaxed);
-        qp.to_error(&mut c, status.name());
+        qp.to_error(c, status.name());
     }
 }
 
@@ -472,6 +552,19 @@ pub(crate) fn progress(qp: &Arc<QpInner>) {
         let out = execute(qp, &wr, &peer, rnr_retry);
         let mut c = qp.core.lock();
         c.executing = false;
+        if !matches!(out, Outcome::Done(..) | Outcome::Posted) {
+            match c.state {
+                // The QP went to ERR while this request ran, and flushed the queue without it.
+                QpState::Error => {
+                    c.sq.push_front(wr);
+                    qp.flush(&mut c);
+                    return;
+                }
+                // RESET discarded the queue: so goes this request.
+                QpState::Reset => return,
+                _ => {}
+            }
+        }
         match out {
             Outcome::Done(status, n) => {
                 drop(c);
@@ -492,21 +585,32 @@ pub(crate) fn progress(qp: &Arc<QpInner>) {
             Outcome::Rnr(t) => {
                 c.sq.push_front(wr);
                 drop(c);
-                let me = Arc::downgrade(qp);
-                match &t.srq {
-                    Some(s) => s.waiters.lock().push(me),
-                    None => t.core.lock().rnr_waiters.push(me),
-                }
-                // A receive posted between our check and the registration would be missed.
-                let ready = match &t.srq {
-                    Some(s) => !s.queue.lock().is_empty(),
-                    None => !t.core.lock().rq.is_empty(),
-                };
-                if ready {
-                    qp.dev().kick(Arc::downgrade(qp));
-                }
+                park_rnr(qp, &t);
                 return;
             }
         }
+    }
+}
+
+/// Parks `qp` until a receive is posted at `t` (RNR, retried for ever), or `t` stops receiving
+/// (ERR, RESET, destroyed: its `wake_rnr_waiters`). What happened between the engine's look and
+/// the registration is looked at again under the lock those wake-ups take, so none is missed.
+fn park_rnr(qp: &Arc<QpInner>, t: &Arc<QpInner>) {
+    let me = Arc::downgrade(qp);
+    let receiving = |s: QpState| matches!(s, QpState::Rtr | QpState::Rts | QpState::Sqd);
+    let ready = match &t.srq {
+        Some(s) => {
+            s.waiters.lock().push(me);
+            let queued = !s.queue.lock().is_empty();
+            queued || !receiving(t.core.lock().state)
+        }
+        None => {
+            let mut c = t.core.lock();
+            c.rnr_waiters.push(me);
+            !c.rq.is_empty() || !receiving(c.state)
+        }
+    };
+    if ready {
+        qp.dev().kick(Arc::downgrade(qp));
     }
 }

@@ -24,6 +24,10 @@ pub const MAX_SRQ: u32 = 1 << 12;
 pub const MAX_MSG: u64 = 1 << 31;
 /// Outstanding RDMA READ / atomic operations per QP.
 pub const MAX_RD_ATOMIC: u32 = 16;
+/// Physical ports: one, the node's (QPs name port 1).
+pub const PHYS_PORTS: u8 = 1;
+/// Entries of the port's P_Key table (as rxe's): a QP's `pkey_index` must be below it.
+pub const PKEY_TABLE_LEN: u16 = 64;
 /// Async events queued per context before the oldest are dropped (counted).
 pub const MAX_ASYNC_EVENTS: usize = 4096;
 /// How long a transfer to a decoherent MR is held before it fails (the filesystem revokes
@@ -32,5 +36,11 @@ pub const HOLD_MAX_MS: u64 = 120_000;
 /// A TCP peer that stops sending inside a frame for this long loses its connection: a
 /// stalled peer must not keep an MR in flight (invalidations and revocations wait for it).
 pub const WIRE_STALL_MS: u64 = 2_000;
+/// Slowest a TCP peer may send (bytes per second): a frame has `WIRE_STALL_MS` plus its payload
+/// at this rate to arrive, so a peer trickling bytes is cut off as surely as a silent one.
+pub const WIRE_RATE_MIN: u64 = 1 << 20;
+/// Payload bytes a TCP transfer moves into an MR per entry, each with a deadline of its own:
+/// an invalidation or revocation waits for at most one chunk of a transfer from a peer.
+pub const WIRE_CHUNK: u64 = 1 << 20;
 /// Largest control field accepted from the wire (node names).
 pub const WIRE_NAME_MAX: usize = 256;

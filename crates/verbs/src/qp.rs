@@ -16,7 +16,7 @@ use crate::cq::{CompletionQueue, CqInner};
 use crate::device::DeviceInner;
 use crate::error::{VerbsError, VerbsResult};
 use crate::event::AsyncEvent;
-use crate::limits::{MAX_INLINE, MAX_QP_WR, MAX_SGE};
+use crate::limits::{MAX_INLINE, MAX_QP_WR, MAX_RD_ATOMIC, MAX_SGE, PHYS_PORTS, PKEY_TABLE_LEN};
 use crate::transport::Link;
 use crate::types::{Access, EventType, Psn, QpAttrMask, QpState, Qpn, WcStatus, transition};
 use crate::wr::{RecvWr, SendWr, WcOpcode, WorkCompletion};
@@ -209,13 +209,37 @@ impl QpInner {
         }
     }
 
-    /// Moves the QP to ERR (from any state) and flushes queued work.
+    /// Moves the QP to ERR (from any state) and flushes queued work. Senders parked on this
+    /// QP's receive queue are woken: it will not receive any more, so they fail.
     pub(crate) fn to_error(&self, c: &mut QpCore, why: &str) {
         if c.state != QpState::Error {
             tracing::debug!(qpn = self.qpn, why, "QP to ERR");
         }
         c.state = QpState::Error;
         self.flush(c);
+        self.wake_rnr_waiters(c);
+    }
+
+    /// Wakes the senders waiting for a receive at this QP (RNR, retried for ever): they
+    /// look again, and fail if this QP stopped receiving. Those parked on its SRQ are woken
+    /// too (a spurious wake-up only makes them look again).
+    pub(crate) fn wake_rnr_waiters(&self, c: &mut QpCore) {
+        let mut waiters = std::mem::take(&mut c.rnr_waiters);
+        if let Some(s) = &self.srq {
+            waiters.append(&mut s.waiters.lock());
+        }
+        for w in waiters {
+            self.dev().kick(w);
+        }
+    }
+
+    /// Closes the connection of a QP connected over TCP (the QP is destroyed, reset or moved
+    /// to ERR by its user): both reader threads exit and the peer's QP goes to ERR, as an
+    /// rdma_cm disconnect does. Takes no lock.
+    pub(crate) fn disconnect(&self, c: &QpCore, why: &str) {
+        if let Peer::Remote(l) = &c.peer {
+            l.close(why);
+        }
     }
 
     pub(crate) fn flush(&self, c: &mut QpCore) {
@@ -374,7 +398,102 @@ impl ProtectionDomain {
 
 impl Drop for QpInner {
     fn drop(&mut self) {
+        let c = self.core.get_mut();
+        if let Peer::Remote(l) = &c.peer {
+            l.close("QP destroyed");
+        }
+        // Senders parked on this QP find it gone and fail.
+        let waiters = std::mem::take(&mut c.rnr_waiters);
+        for w in waiters {
+            self.dev().kick(w);
+        }
         self.dev().qps.write().remove(&self.qpn);
+    }
+}
+
+/// Path MTUs (`enum ibv_mtu`).
+const PATH_MTUS: [u32; 5] = [256, 512, 1024, 2048, 4096];
+
+/// Checks the values of the given attributes against the device (as rxe_qp_chk_attr does):
+/// a value the device cannot honour is EINVAL, not silently clamped.
+fn check_values(a: &QpAttr, given: QpAttrMask) -> Result<(), String> {
+    let has = |m: QpAttrMask| given.contains(m);
+    if has(QpAttrMask::PORT) && !(1..=PHYS_PORTS).contains(&a.port_num) {
+        return Err(format!("port {}: the device's ports are 1..={PHYS_PORTS}", a.port_num));
+    }
+    if has(QpAttrMask::PKEY_INDEX) && a.pkey_index >= PKEY_TABLE_LEN {
+        return Err(format!("P_Key index {} beyond the table of {PKEY_TABLE_LEN}", a.pkey_index));
+    }
+    if has(QpAttrMask::PATH_MTU) && !PATH_MTUS.contains(&a.path_mtu) {
+        return Err(format!("path MTU {} is not one of {PATH_MTUS:?}", a.path_mtu));
+    }
+    for (bit, name, v) in [
+        (QpAttrMask::MAX_QP_RD_ATOMIC, "max_rd_atomic", a.max_rd_atomic),
+        (QpAttrMask::MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic", a.max_dest_rd_atomic),
+    ] {
+        if has(bit) && u32::from(v) > MAX_RD_ATOMIC {
+            return Err(format!("{name} {v} beyond the device's {MAX_RD_ATOMIC}"));
+        }
+    }
+    // IB header fields: 3-bit retry counters, 5-bit timer codes.
+    for (bit, name, v, max) in [
+        (QpAttrMask::RETRY_CNT, "retry_cnt", a.retry_cnt, 7),
+        (QpAttrMask::RNR_RETRY, "rnr_retry", a.rnr_retry, 7),
+        (QpAttrMask::TIMEOUT, "timeout", a.timeout, 31),
+        (QpAttrMask::MIN_RNR_TIMER, "min_rnr_timer", a.min_rnr_timer, 31),
+    ] {
+        if has(bit) && v > max {
+            return Err(format!("{name} {v} beyond {max}"));
+        }
+    }
+    Ok(())
+}
+
+/// Stores the attributes the mask gives (the table decided which may be given), and only
+/// those.
+fn apply(c: &mut QpAttr, a: &QpAttr, given: QpAttrMask) {
+    let has = |m: QpAttrMask| given.contains(m);
+    if has(QpAttrMask::ACCESS_FLAGS) {
+        c.qp_access_flags = a.qp_access_flags;
+    }
+    if has(QpAttrMask::PKEY_INDEX) {
+        c.pkey_index = a.pkey_index;
+    }
+    if has(QpAttrMask::PORT) {
+        c.port_num = a.port_num;
+    }
+    if has(QpAttrMask::AV) {
+        c.ah = a.ah.clone();
+    }
+    if has(QpAttrMask::PATH_MTU) {
+        c.path_mtu = a.path_mtu;
+    }
+    if has(QpAttrMask::TIMEOUT) {
+        c.timeout = a.timeout;
+    }
+    if has(QpAttrMask::RETRY_CNT) {
+        c.retry_cnt = a.retry_cnt;
+    }
+    if has(QpAttrMask::RNR_RETRY) {
+        c.rnr_retry = a.rnr_retry;
+    }
+    if has(QpAttrMask::RQ_PSN) {
+        c.rq_psn = a.rq_psn;
+    }
+    if has(QpAttrMask::MAX_QP_RD_ATOMIC) {
+        c.max_rd_atomic = a.max_rd_atomic;
+    }
+    if has(QpAttrMask::MIN_RNR_TIMER) {
+        c.min_rnr_timer = a.min_rnr_timer;
+    }
+    if has(QpAttrMask::SQ_PSN) {
+        c.sq_psn = a.sq_psn;
+    }
+    if has(QpAttrMask::MAX_DEST_RD_ATOMIC) {
+        c.max_dest_rd_atomic = a.max_dest_rd_atomic;
+    }
+    if has(QpAttrMask::DEST_QPN) {
+        c.dest_qp_num = a.dest_qp_num;
     }
 }
 
@@ -396,7 +515,9 @@ impl QueuePair {
         self.0.caps
     }
 
-    /// `ibv_modify_qp`.
+    /// `ibv_modify_qp`. Checks the transition and the attribute mask against the table and
+    /// every given value against the device before changing anything: a refused modify leaves
+    /// the QP as it was.
     pub fn modify(&self, attr: &QpAttr, mask: QpAttrMask) -> VerbsResult<()> {
         if !mask.contains(QpAttrMask::STATE) {
             return Err(VerbsError::invalid("modify_qp without IBV_QP_STATE is not supported"));
@@ -428,53 +549,44 @@ impl QueuePair {
                 from.name()
             ));
         }
-        if to == QpState::Rtr {
-            let peer = match &attr.ah {
+        if let Err(detail) = check_values(attr, given) {
+            return fail(detail);
+        }
+        let peer = if given.contains(QpAttrMask::AV) {
+            match &attr.ah {
                 AddressHandle::Local => {
                     let Some(p) = self.0.dev().qp(attr.dest_qp_num.0) else {
                         return fail(format!("{} does not exist on this node", attr.dest_qp_num));
                     };
-                    Peer::Local(Arc::downgrade(&p))
+                    Some(Peer::Local(Arc::downgrade(&p)))
                 }
-                AddressHandle::Remote(l) => Peer::Remote(Arc::clone(l)),
+                AddressHandle::Remote(l) => Some(Peer::Remote(Arc::clone(l))),
                 AddressHandle::None => {
                     return fail("the address vector (IBV_QP_AV) names no path".into());
                 }
-            };
-            c.peer = peer;
-            c.attr.dest_qp_num = attr.dest_qp_num;
-            c.attr.rq_psn = attr.rq_psn;
-            c.attr.path_mtu = attr.path_mtu;
-            c.attr.max_dest_rd_atomic = attr.max_dest_rd_atomic;
-            c.attr.min_rnr_timer = attr.min_rnr_timer;
-            c.attr.ah = attr.ah.clone();
-        }
-        if given.contains(QpAttrMask::ACCESS_FLAGS) {
-            c.attr.qp_access_flags = attr.qp_access_flags;
-        }
-        if given.contains(QpAttrMask::SQ_PSN) {
-            c.attr.sq_psn = attr.sq_psn;
-        }
-        if given.contains(QpAttrMask::RNR_RETRY) {
-            c.attr.rnr_retry = attr.rnr_retry;
-        }
-        if given.contains(QpAttrMask::RETRY_CNT) {
-            c.attr.retry_cnt = attr.retry_cnt;
-        }
-        if given.contains(QpAttrMask::TIMEOUT) {
-            c.attr.timeout = attr.timeout;
-        }
-        if given.contains(QpAttrMask::MAX_QP_RD_ATOMIC) {
-            c.attr.max_rd_atomic = attr.max_rd_atomic;
+            }
+        } else {
+            None
+        };
+        // Nothing fails from here on.
+        apply(&mut c.attr, attr, given);
+        if let Some(p) = peer {
+            c.peer = p;
         }
         match to {
             QpState::Reset => {
+                // rdma_cm: destroying the connection's QP state disconnects it.
+                self.0.disconnect(&c, "QP reset");
+                self.0.wake_rnr_waiters(&mut c);
                 c.sq.clear();
                 c.rq.clear();
                 c.peer = Peer::None;
                 c.attr = QpAttr::default();
             }
-            QpState::Error => self.0.to_error(&mut c, "modify_qp to ERR"),
+            QpState::Error => {
+                self.0.disconnect(&c, "QP moved to ERR");
+                self.0.to_error(&mut c, "modify_qp to ERR");
+            }
             _ => {}
         }
         c.state = to;

@@ -959,7 +959,6 @@ fn hostile_wrong_responses_fail_the_servers_requests() {
 }
 
 #[test]
-#[ignore = "bug: a response with the wrong PSN loses the completion of the request it popped"]
 fn hostile_out_of_order_responses_fail_every_request() {
     answered_wrongly(
         "an ACK for a PSN never sent",
@@ -974,7 +973,6 @@ fn hostile_out_of_order_responses_fail_every_request() {
 }
 
 #[test]
-#[ignore = "bug: a READ response cut short by the peer loses the READ's completion"]
 fn hostile_truncated_read_response_fails_the_read() {
     answered_wrongly(
         "a READ response cut short, then close",
@@ -1060,7 +1058,6 @@ fn hostile_stalled_write_holds_a_revoke_only_until_the_cut() {
 }
 
 #[test]
-#[ignore = "bug: a peer trickling a WRITE payload keeps the MR in flight, so revoke blocks as long as it trickles"]
 fn hostile_trickling_peer_cannot_hold_a_revoke() {
     let s = Server::new();
     let mut r = s.raw("trickle");
@@ -1094,7 +1091,6 @@ fn hostile_trickling_peer_cannot_hold_a_revoke() {
 }
 
 #[test]
-#[ignore = "bug: a peer that disconnects while its SEND waits for a receive (RNR retry 7) is never noticed"]
 fn hostile_peer_gone_during_receiver_not_ready_releases_the_qp() {
     let s = Server::new();
     for kind in [SEND, WRITE_IMM] {
@@ -1107,7 +1103,6 @@ fn hostile_peer_gone_during_receiver_not_ready_releases_the_qp() {
 }
 
 #[test]
-#[ignore = "bug: destroying a QP connected over TCP never closes the connection: the peer's QP stays RTS and both reader threads leak"]
 fn hostile_destroyed_peer_qp_closes_the_connection() {
     let s = Server::new();
     let cq = s.peer.n.cq();

@@ -1,9 +1,13 @@
 //! Transports. Loopback between QPs of one node is the engine itself (`engine.rs`); TCP
-//! between nodes is `tcp.rs`, framed by `wire.rs`. Shared memory between a daemon and its
-//! client processes comes with the node daemon.
+//! between nodes is `tcp.rs` (the connection: requester, completer, reader thread) and
+//! `responder.rs` (serving the peer's requests), set up by `cm.rs` and framed by `wire.rs`.
+//! Shared memory between a daemon and its client processes comes with the node daemon.
 
+pub(crate) mod cm;
+pub(crate) mod responder;
 pub(crate) mod tcp;
 pub(crate) mod wire;
 
-pub use tcp::{Link, Listener};
+pub use cm::Listener;
+pub use tcp::Link;
 pub use wire::PRIVATE_MAX;

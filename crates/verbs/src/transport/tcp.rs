@@ -1,23 +1,32 @@
-//! The TCP transport between nodes (separate OS processes): a small connection manager (the
-//! rdma_cm role: exchange QPN, starting PSN, and up to 256 bytes of private data, then move both
-//! QPs to RTS) and the per-connection engine.
+//! The TCP transport between nodes (separate OS processes): a connection (`Link`), the
+//! requester (`send`), the completer (`respond`) and the reader thread. The peer's requests are
+//! served by `responder.rs`; connections are set up by `cm.rs`.
 //!
 //! - The initiator writes a request header and streams the payload from its pool frames
 //!   straight into the socket (`write(2)` from the pool mapping: no staging copy), without
 //!   waiting for the response (pipelined up to the send-queue depth).
 //! - Each connection has a reader thread. It serves the peer's requests against this node's
-//!   pool — payloads go from the socket straight into the target frames, inside the entered MR —
-//!   and completes this side's requests when their responses arrive, in order (RC).
+//!   pool (`responder.rs`) — payloads go from the socket straight into the target frames,
+//!   inside the entered MR — and completes this side's requests when their responses arrive,
+//!   in order (RC).
 //! - A transfer to a decoherent MR is held by blocking this connection's reader (only this QP's
 //!   stream stalls) until the MR is restored or revoked.
-//! - Anything malformed or out of order closes the connection: the QP goes to ERR, pending
-//!   requests complete with `RETRY_EXC_ERR` then `WR_FLUSH_ERR`. A peer that stops inside a
-//!   frame for `WIRE_STALL_MS` is cut off, so no MR stays in flight because of it.
+//! - Anything malformed or out of order closes the connection: the QP goes to ERR, outstanding
+//!   requests complete with `RETRY_EXC_ERR` (`WR_FLUSH_ERR` if the QP already was in ERR) then
+//!   queued ones with `WR_FLUSH_ERR`. Only the reader completes requests, so they complete in
+//!   order even when another thread closes the connection.
+//! - Every frame has a deadline: `WIRE_STALL_MS` plus its payload at `WIRE_RATE_MIN`, and a
+//!   payload enters an MR `WIRE_CHUNK` bytes at a time, each chunk with a deadline of its own.
+//!   A peer that stalls or trickles is cut off, so no MR stays in flight because of it
+//!   (invalidations and revocations wait for transfers in flight).
+//! - Destroying the QP, or moving it to RESET or ERR, shuts the socket down: the reader threads
+//!   of both sides exit and the peer's QP goes to ERR, as after an rdma_cm disconnect. So does a
+//!   peer hanging up while its request waits for a receive here.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,18 +34,18 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pinwheel_mm::{Pool, PoolOffset};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::context::ProtectionDomain;
-use crate::device::Device;
-use crate::engine::{self, Fail, Outcome, Span};
-use crate::error::{VerbsError, VerbsResult};
-use crate::limits::WIRE_STALL_MS;
+use crate::engine::{self, Fail, Outcome, Side, Span};
+use crate::limits::{WIRE_CHUNK, WIRE_RATE_MIN, WIRE_STALL_MS};
 use crate::mr::{DmaError, MrInner, MrState};
-use crate::qp::{AddressHandle, QpAttr, QpInitAttr, QpInner, QueuePair};
-use crate::transport::wire::{HEADER, Header, Hello, Kind};
-use crate::types::{Access, Opcode, QpAttrMask, QpState, Qpn, WcStatus};
+use crate::qp::{Peer, QpInner};
+use crate::transport::responder;
+use crate::transport::wire::{HEADER, Header, Kind};
+use crate::types::{Opcode, QpState, WcStatus};
 use crate::wr::SendWr;
 
+/// A request sent and not answered yet.
 struct Pending {
     wr_id: u64,
     opcode: Opcode,
@@ -46,14 +55,30 @@ struct Pending {
     dst: Vec<Span>,
 }
 
+/// The requests outstanding on a connection, oldest first.
+struct Outstanding {
+    q: VecDeque<Pending>,
+    /// The reader failed them all: nothing may be queued any more.
+    failed: bool,
+}
+
+/// The reader's clock (only the reader thread reads the socket).
+struct ReadClock {
+    /// When the frame being read must be complete.
+    frame: Instant,
+    /// The socket's read timeout now (shortened near a deadline).
+    timeout: Duration,
+}
+
 /// A connection to a QP of another node.
 pub struct Link {
     stream: TcpStream,
-    write_lock: Mutex<()>,
+    pub(super) write_lock: Mutex<()>,
     qp: Mutex<Weak<QpInner>>,
-    pending: Mutex<VecDeque<Pending>>,
+    pending: Mutex<Outstanding>,
     waiting: Mutex<Option<Weak<QpInner>>>,
     closed: AtomicBool,
+    clock: Mutex<ReadClock>,
     next_psn: AtomicU32,
     peer: SocketAddr,
     peer_name: String,
@@ -66,10 +91,24 @@ impl fmt::Debug for Link {
     }
 }
 
+const STALL: Duration = Duration::from_millis(WIRE_STALL_MS);
+/// Shortest read timeout set near a deadline (zero means "none" to the socket).
+const TIMEOUT_MIN: Duration = Duration::from_millis(1);
+/// How often a wait for a receive looks at the queue and at the socket.
+pub(super) const RNR_POLL: Duration = Duration::from_micros(200);
+
+/// The time a frame piece of `len` payload bytes has to arrive.
+fn budget(len: u64) -> Duration {
+    STALL + Duration::from_millis(len.saturating_mul(1000) / WIRE_RATE_MIN)
+}
+
 fn stalled(what: &str) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("{what}: peer stalled for {WIRE_STALL_MS} ms"),
+        format!(
+            "{what}: peer stalled (silent for {WIRE_STALL_MS} ms, or slower than \
+             {WIRE_RATE_MIN} bytes/s)"
+        ),
     )
 }
 
@@ -78,6 +117,30 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 impl Link {
+    /// A connection over `stream` (its timeouts set to `WIRE_STALL_MS`) for `qp`.
+    pub(crate) fn new(
+        stream: TcpStream,
+        qp: &Arc<QpInner>,
+        remote_qpn: u32,
+        peer_name: String,
+        psn: u32,
+    ) -> std::io::Result<Link> {
+        let peer = stream.peer_addr()?;
+        Ok(Link {
+            stream,
+            write_lock: Mutex::new(()),
+            qp: Mutex::new(Arc::downgrade(qp)),
+            pending: Mutex::new(Outstanding { q: VecDeque::new(), failed: false }),
+            waiting: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            clock: Mutex::new(ReadClock { frame: Instant::now(), timeout: STALL }),
+            next_psn: AtomicU32::new(psn),
+            peer,
+            peer_name,
+            remote_qpn,
+        })
+    }
+
     /// `node-name (ip:port)`.
     pub fn peer_name(&self) -> String {
         format!("{} ({})", self.peer_name, self.peer)
@@ -87,11 +150,16 @@ impl Link {
         self.closed.load(Ordering::Acquire)
     }
 
-    fn write_all(&self, b: &[u8]) -> std::io::Result<()> {
+    pub(super) fn write_all(&self, b: &[u8]) -> std::io::Result<()> {
         (&self.stream).write_all(b).map_err(|e| if is_timeout(&e) { stalled("write") } else { e })
     }
 
-    fn write_from_pool(&self, pool: &Pool, at: PoolOffset, len: u64) -> std::io::Result<()> {
+    pub(super) fn write_from_pool(
+        &self,
+        pool: &Pool,
+        at: PoolOffset,
+        len: u64,
+    ) -> std::io::Result<()> {
         let mut done = 0u64;
         while done < len {
             match pool.write_to_fd(
@@ -109,9 +177,53 @@ impl Link {
         Ok(())
     }
 
-    fn read_into_pool(&self, pool: &Pool, at: PoolOffset, len: u64) -> std::io::Result<()> {
+    /// Starts the deadline of a frame with `len` payload bytes still to come (after its
+    /// header, and again after a wait of this node's: a hold, a wait for a receive).
+    pub(super) fn arm(&self, len: u64) {
+        self.clock.lock().frame = Instant::now() + budget(len);
+    }
+
+    fn frame_deadline(&self) -> Instant {
+        self.clock.lock().frame
+    }
+
+    /// Before a read that must be over by `until`: fails once it has passed, and keeps the
+    /// socket's read timeout from outlasting it. A deadline, not a timeout per read, so a
+    /// peer trickling a byte now and then is cut off all the same.
+    fn before_read(&self, until: Instant) -> std::io::Result<()> {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(stalled("read"));
+        }
+        let t = left.max(TIMEOUT_MIN);
+        let mut c = self.clock.lock();
+        if t < c.timeout {
+            self.stream.set_read_timeout(Some(t))?;
+            c.timeout = t;
+        }
+        Ok(())
+    }
+
+    /// Back to the idle timeout between frames.
+    fn reset_read_timeout(&self) -> std::io::Result<()> {
+        let mut c = self.clock.lock();
+        if c.timeout != STALL {
+            self.stream.set_read_timeout(Some(STALL))?;
+            c.timeout = STALL;
+        }
+        Ok(())
+    }
+
+    fn read_into_pool(
+        &self,
+        pool: &Pool,
+        at: PoolOffset,
+        len: u64,
+        until: Instant,
+    ) -> std::io::Result<()> {
         let mut done = 0u64;
         while done < len {
+            self.before_read(until)?;
             match pool.read_from_fd(
                 self.stream.as_fd(),
                 PoolOffset::new(at.raw() + done),
@@ -127,28 +239,50 @@ impl Link {
         Ok(())
     }
 
-    fn read_exact(&self, b: &mut [u8]) -> std::io::Result<()> {
-        (&self.stream).read_exact(b).map_err(|e| if is_timeout(&e) { stalled("read") } else { e })
+    fn read_exact(&self, b: &mut [u8], until: Instant) -> std::io::Result<()> {
+        let mut got = 0;
+        while got < b.len() {
+            self.before_read(until)?;
+            match (&self.stream).read(&mut b[got..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(stalled("read")),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
-    fn discard(&self, mut n: u64) -> std::io::Result<()> {
+    /// Reads and drops `n` payload bytes of the current frame.
+    pub(super) fn discard(&self, mut n: u64) -> std::io::Result<()> {
+        let until = self.frame_deadline();
         let mut scratch = [0u8; 8192];
         while n > 0 {
             let k = n.min(scratch.len() as u64) as usize;
-            self.read_exact(&mut scratch[..k])?;
+            self.read_exact(&mut scratch[..k], until)?;
             n -= k as u64;
         }
         Ok(())
     }
 
-    /// Waits for the next header; idle time is fine, a stall inside a header is not.
+    /// Waits for the next header; idle time is fine, a header trickling in for longer than
+    /// `WIRE_STALL_MS` is not.
     fn read_header(&self) -> std::io::Result<Option<[u8; HEADER]>> {
+        self.reset_read_timeout()?;
         let mut b = [0u8; HEADER];
         let mut got = 0;
+        let mut until = None;
         while got < HEADER {
+            if let Some(u) = until {
+                self.before_read(u)?;
+            }
             match (&self.stream).read(&mut b[got..]) {
                 Ok(0) => return Ok(None),
-                Ok(n) => got += n,
+                Ok(n) => {
+                    got += n;
+                    until.get_or_insert_with(|| Instant::now() + STALL);
+                }
                 Err(e) if is_timeout(&e) && got == 0 => {
                     if self.closed() {
                         return Ok(None);
@@ -162,26 +296,61 @@ impl Link {
         Ok(Some(b))
     }
 
-    fn send_header(&self, h: &Header) -> std::io::Result<()> {
+    /// True if the peer hung up (or the socket failed), waiting up to `wait` for it. The
+    /// payload of the request being served may still be unread, so a read cannot tell:
+    /// `POLLRDHUP` does.
+    pub(super) fn hung_up(&self, wait: Duration) -> bool {
+        let mut fds = [PollFd::new(&self.stream, PollFlags::RDHUP)];
+        let t = Timespec::try_from(wait).ok();
+        match rustix::event::poll(&mut fds, t.as_ref()) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+            Err(_) => {
+                std::thread::sleep(wait);
+                false
+            }
+        }
+    }
+
+    pub(super) fn send_header(&self, h: &Header) -> std::io::Result<()> {
         let _w = self.write_lock.lock();
         self.write_all(&h.encode())
     }
 
-    /// Closes the connection: the QP goes to ERR, pending requests fail.
-    pub(crate) fn fail(&self, why: &str) {
+    /// Closes the connection (any thread; takes no lock): later sends fail at once, the
+    /// reader wakes up, fails what is outstanding and exits, and the peer sees the
+    /// disconnect.
+    pub(crate) fn close(&self, why: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::info!(peer = %self.peer, why, "connection closed");
         let _ = self.stream.shutdown(Shutdown::Both);
-        let pending: Vec<Pending> = self.pending.lock().drain(..).collect();
-        if let Some(qp) = self.qp.lock().upgrade() {
-            for p in pending {
-                engine::complete_send(&qp, p.wr_id, p.opcode, p.signaled, WcStatus::RetryExcErr, 0);
-            }
-            let mut c = qp.core.lock();
-            qp.to_error(&mut c, why);
+    }
+
+    /// The reader's end: closes the connection, fails the outstanding requests in order and
+    /// moves the QP to ERR — if the QP still uses this connection (one reset since discarded
+    /// its work without completions).
+    fn fail(&self, why: &str) {
+        self.close(why);
+        let pending: Vec<Pending> = {
+            let mut o = self.pending.lock();
+            o.failed = true;
+            o.q.drain(..).collect()
+        };
+        let Some(qp) = self.qp.lock().upgrade() else { return };
+        let mut c = qp.core.lock();
+        if !matches!(&c.peer, Peer::Remote(l) if std::ptr::eq(Arc::as_ptr(l), self)) {
+            return;
         }
+        let status =
+            if c.state == QpState::Error { WcStatus::WrFlushErr } else { WcStatus::RetryExcErr };
+        for p in pending {
+            engine::complete_send_locked(&qp, &mut c, p.wr_id, p.opcode, p.signaled, status, 0);
+        }
+        qp.to_error(&mut c, why);
     }
 
     fn kick_waiter(&self) {
@@ -193,8 +362,15 @@ impl Link {
     }
 }
 
-fn pool_of(mr: &MrInner) -> &Pool {
+pub(super) fn pool_of(mr: &MrInner) -> &Pool {
     mr.dev().mem.pool()
+}
+
+/// The status of a span's owner when the span cannot be used: a target named by an rkey is a
+/// remote access error; a buffer of the node's own (a receive, a READ's destination) a local
+/// protection error.
+fn unusable(side: Side) -> WcStatus {
+    if side == Side::Target { WcStatus::RemAccessErr } else { WcStatus::LocProtErr }
 }
 
 /// Streams spans into the socket (inside each entered MR).
@@ -222,30 +398,41 @@ fn write_spans(link: &Link, spans: &[Span]) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads `len` payload bytes from the socket into spans. `Ok(Err(status))`: a span could not
-/// be used (the rest of the payload was discarded).
-fn read_spans(link: &Link, spans: &[Span], len: u64) -> std::io::Result<Result<(), WcStatus>> {
+/// Reads `len` payload bytes from the socket into spans, entering each MR for at most
+/// `WIRE_CHUNK` bytes at a time. `Ok(Err(status))`: a span could not be used (the rest of the
+/// payload was discarded).
+pub(super) fn read_spans(
+    link: &Link,
+    spans: &[Span],
+    len: u64,
+) -> std::io::Result<Result<(), WcStatus>> {
     let mut left = len;
     for s in spans {
         if left == 0 {
             break;
         }
-        let Span::Mr { mr, off, len: slen, remote } = s else { continue };
+        let Span::Mr { mr, off, len: slen, side } = s else { continue };
         let n = (*slen).min(left);
-        loop {
-            match mr.dma(*off, n, true, |p, l| link.read_into_pool(pool_of(mr), p, l)) {
-                Ok(()) => break,
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(WIRE_CHUNK);
+            let until = link.frame_deadline().min(Instant::now() + budget(k));
+            let mut got = 0;
+            let r = mr.dma(off + done, k, true, |p, l| {
+                link.read_into_pool(pool_of(mr), p, l, until)?;
+                got += l;
+                Ok(())
+            });
+            match r {
+                Ok(()) => done += k,
                 Err(DmaError::Held) => {
                     mr.wait_coherent();
+                    link.arm(left - done);
                 }
                 Err(DmaError::Copy(e)) => return Err(e),
                 Err(_) => {
-                    link.discard(left)?;
-                    return Ok(Err(if *remote {
-                        WcStatus::RemAccessErr
-                    } else {
-                        WcStatus::LocProtErr
-                    }));
+                    link.discard(left - done - got)?;
+                    return Ok(Err(unusable(*side)));
                 }
             }
         }
@@ -258,35 +445,21 @@ fn read_spans(link: &Link, spans: &[Span], len: u64) -> std::io::Result<Result<(
     Ok(Ok(()))
 }
 
-/// Sends a request for `wr` on `link` (the initiator side). Called by the engine.
-pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome {
-    if link.closed() {
-        return Outcome::Done(WcStatus::RetryExcErr, 0);
-    }
-    if link.pending.lock().len() >= qp.caps.max_send_wr as usize {
-        *link.waiting.lock() = Some(Arc::downgrade(qp));
-        if link.pending.lock().len() >= qp.caps.max_send_wr as usize {
-            return Outcome::Busy;
-        }
-    }
-    let len = wr.length();
-    if len > crate::limits::MAX_MSG {
-        return Outcome::Done(WcStatus::LocLenErr, 0);
-    }
-    let (kind, src, dst) = match wr.opcode {
+/// The spans of the local side of `wr`: its source (WRITE, SEND) or destination (READ,
+/// atomics).
+fn local_side(qp: &QpInner, wr: &SendWr) -> Result<(Kind, Vec<Span>, Vec<Span>), WcStatus> {
+    let spans = |need_write: bool| {
+        wr.sg_list
+            .iter()
+            .filter(|s| s.length > 0)
+            .map(|s| engine::local_span(qp, s, need_write))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match wr.opcode {
         Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
             let src = match &wr.inline_data {
                 Some(d) => vec![Span::Bytes(d.clone())],
-                None => match wr
-                    .sg_list
-                    .iter()
-                    .filter(|s| s.length > 0)
-                    .map(|s| engine::local_span(qp, s, false))
-                    .collect::<Result<Vec<_>, _>>()
-                {
-                    Ok(v) => v,
-                    Err(s) => return Outcome::Done(s, 0),
-                },
+                None => spans(false)?,
             };
             let kind = match wr.opcode {
                 Opcode::Write => Kind::Write,
@@ -298,25 +471,41 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
         }
         Opcode::Read | Opcode::CompareSwap | Opcode::FetchAdd => {
             if wr.opcode.atomic() && (wr.sg_list.len() != 1 || wr.sg_list[0].length != 8) {
-                return Outcome::Done(WcStatus::LocLenErr, 0);
+                return Err(WcStatus::LocLenErr);
             }
-            let dst = match wr
-                .sg_list
-                .iter()
-                .filter(|s| s.length > 0)
-                .map(|s| engine::local_span(qp, s, true))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(v) => v,
-                Err(s) => return Outcome::Done(s, 0),
-            };
             let kind = match wr.opcode {
                 Opcode::Read => Kind::ReadReq,
                 Opcode::CompareSwap => Kind::CompareSwap,
                 _ => Kind::FetchAdd,
             };
-            (kind, Vec::new(), dst)
+            (kind, Vec::new(), spans(true)?)
         }
+    })
+}
+
+/// Sends a request for `wr` on `link` (the initiator side). Called by the engine.
+pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome {
+    if link.closed() {
+        // The requests on the wire complete first: until the reader has failed them, this one
+        // waits in the send queue (the QP's move to ERR flushes it behind them).
+        if !link.pending.lock().failed {
+            return Outcome::Busy;
+        }
+        return Outcome::Done(WcStatus::RetryExcErr, 0);
+    }
+    if link.pending.lock().q.len() >= qp.caps.max_send_wr as usize {
+        *link.waiting.lock() = Some(Arc::downgrade(qp));
+        if link.pending.lock().q.len() >= qp.caps.max_send_wr as usize {
+            return Outcome::Busy;
+        }
+    }
+    let len = wr.length();
+    if len > crate::limits::MAX_MSG {
+        return Outcome::Done(WcStatus::LocLenErr, 0);
+    }
+    let (kind, src, dst) = match local_side(qp, wr) {
+        Ok(t) => t,
+        Err(s) => return Outcome::Done(s, 0),
     };
     // A local source that is decoherent now: hold before anything is on the wire.
     for s in &src {
@@ -339,14 +528,16 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
         a: wr.compare_add,
         b: wr.swap,
     };
-    link.pending.lock().push_back(Pending {
-        wr_id: wr.wr_id,
-        opcode: wr.opcode,
-        signaled: wr.signaled,
-        psn,
-        len: len as u32,
-        dst,
-    });
+    {
+        // Queued under the same lock the reader's failure takes: either the reader fails this
+        // request with the others, or it is not queued at all.
+        let mut o = link.pending.lock();
+        if o.failed {
+            return Outcome::Done(WcStatus::RetryExcErr, 0);
+        }
+        let (wr_id, opcode, signaled) = (wr.wr_id, wr.opcode, wr.signaled);
+        o.q.push_back(Pending { wr_id, opcode, signaled, psn, len: len as u32, dst });
+    }
     let r = {
         let _w = link.write_lock.lock();
         link.write_all(&h.encode())
@@ -354,7 +545,8 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
             .and_then(|()| write_spans(link, &src))
     };
     if let Err(e) = r {
-        link.fail(&e);
+        // The reader completes this request with the others.
+        link.close(&e);
         return Outcome::Posted;
     }
     qp.dev()
@@ -364,234 +556,34 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
     Outcome::Posted
 }
 
-/// Waits for a receive at `qp` for an incoming SEND / WRITE_WITH_IMM (rnr_retry 7: as long as
-/// the connection lives; fewer: 10 ms a retry).
-fn wait_recv(link: &Link, qp: &QpInner, rnr_retry: u8) -> Option<crate::wr::RecvWr> {
-    let deadline = if rnr_retry >= 7 {
-        None
-    } else {
-        Some(Instant::now() + Duration::from_millis(10 * u64::from(rnr_retry)))
-    };
-    loop {
-        if let Some(r) = qp.take_recv(&mut qp.core.lock()) {
-            return Some(r);
-        }
-        if link.closed() || deadline.is_some_and(|d| Instant::now() >= d) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Serves one request from the peer against this node's pool. `Err`: the connection is broken.
-fn serve(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
-    let len = u64::from(h.len);
-    let (state, access) = {
-        let c = qp.core.lock();
-        (c.state, c.attr.qp_access_flags)
-    };
-    let nak = |status: WcStatus| {
-        let mut r = Header::new(Kind::Nak);
-        r.psn = h.psn;
-        r.status = status as u8;
-        link.send_header(&r)
-    };
-    if !matches!(state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
-        if h.kind.has_payload() {
-            link.discard(len)?;
-        }
-        return nak(WcStatus::RemOpErr);
-    }
-    let refuse = |status: WcStatus| -> std::io::Result<()> {
-        engine::responder_error(qp, status);
-        nak(status)
-    };
-    match h.kind {
-        Kind::Write | Kind::WriteImm => {
-            let recv = if h.kind == Kind::WriteImm {
-                match wait_recv(link, qp, h.status) {
-                    Some(r) => Some(r),
-                    None => {
-                        link.discard(len)?;
-                        return nak(WcStatus::RnrRetryExcErr);
-                    }
-                }
-            } else {
-                None
-            };
-            let span =
-                match engine::remote_span(qp, access, h.rkey, h.addr, len, Access::REMOTE_WRITE) {
-                    Ok(s) => s,
-                    Err(s) => {
-                        if let Some(r) = recv {
-                            engine::give_back_recv(qp, r);
-                        }
-                        link.discard(len)?;
-                        return refuse(s);
-                    }
-                };
-            match read_spans(link, &[span], len)? {
-                Ok(()) => {
-                    qp.dev().counters.bytes_written.fetch_add(len, Ordering::Relaxed);
-                    let mut a = Header::new(Kind::Ack);
-                    a.psn = h.psn;
-                    link.send_header(&a)?;
-                    if let Some(r) = recv {
-                        engine::complete_recv(
-                            qp,
-                            &r,
-                            WcStatus::Success,
-                            h.len,
-                            Some((h.imm, true)),
-                        );
-                    }
-                    Ok(())
-                }
-                Err(s) => {
-                    if let Some(r) = recv {
-                        engine::give_back_recv(qp, r);
-                    }
-                    refuse(s)
-                }
-            }
-        }
-        Kind::Send | Kind::SendImm => {
-            let Some(r) = wait_recv(link, qp, h.status) else {
-                link.discard(len)?;
-                return nak(WcStatus::RnrRetryExcErr);
-            };
-            let cap: u64 = r.sg_list.iter().map(|s| u64::from(s.length)).sum();
-            let spans = match r
-                .sg_list
-                .iter()
-                .filter(|s| s.length > 0)
-                .map(|s| engine::local_span(qp, s, true))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(v) if cap >= len => v,
-                Ok(_) => {
-                    link.discard(len)?;
-                    engine::complete_recv(qp, &r, WcStatus::LocLenErr, 0, None);
-                    return refuse(WcStatus::RemInvReqErr);
-                }
-                Err(_) => {
-                    link.discard(len)?;
-                    engine::complete_recv(qp, &r, WcStatus::LocProtErr, 0, None);
-                    return refuse(WcStatus::RemOpErr);
-                }
-            };
-            match read_spans(link, &spans, len)? {
-                Ok(()) => {
-                    let mut a = Header::new(Kind::Ack);
-                    a.psn = h.psn;
-                    link.send_header(&a)?;
-                    let imm = (h.kind == Kind::SendImm).then_some((h.imm, false));
-                    engine::complete_recv(qp, &r, WcStatus::Success, h.len, imm);
-                    Ok(())
-                }
-                Err(s) => {
-                    engine::complete_recv(qp, &r, s, 0, None);
-                    refuse(WcStatus::RemOpErr)
-                }
-            }
-        }
-        Kind::ReadReq => {
-            let span =
-                match engine::remote_span(qp, access, h.rkey, h.addr, len, Access::REMOTE_READ) {
-                    Ok(s) => s,
-                    Err(s) => return refuse(s),
-                };
-            let Span::Mr { mr, off, .. } = &span else { return refuse(WcStatus::GeneralErr) };
-            loop {
-                if mr.state() == MrState::Decoherent {
-                    mr.wait_coherent();
-                }
-                let mut resp = Header::new(Kind::ReadResp);
-                resp.psn = h.psn;
-                resp.len = h.len;
-                let _w = link.write_lock.lock();
-                let mut header_sent = false;
-                let r = mr.dma(*off, len, false, |p, l| {
-                    if !header_sent {
-                        link.write_all(&resp.encode())?;
-                        header_sent = true;
-                    }
-                    link.write_from_pool(pool_of(mr), p, l)
-                });
-                match r {
-                    Ok(()) => {
-                        if !header_sent {
-                            link.write_all(&resp.encode())?;
-                        }
-                        qp.dev().counters.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    Err(DmaError::Held) if !header_sent => continue,
-                    Err(DmaError::Copy(e)) => return Err(e),
-                    Err(_) if header_sent => {
-                        return Err(std::io::Error::other(
-                            "MR became unusable in the middle of a READ response",
-                        ));
-                    }
-                    Err(_) => {
-                        drop(_w);
-                        return refuse(WcStatus::RemAccessErr);
-                    }
-                }
-            }
-        }
-        Kind::CompareSwap | Kind::FetchAdd => {
-            if !h.addr.is_multiple_of(8) {
-                return refuse(WcStatus::RemInvReqErr);
-            }
-            let span =
-                match engine::remote_span(qp, access, h.rkey, h.addr, 8, Access::REMOTE_ATOMIC) {
-                    Ok(s) => s,
-                    Err(s) => return refuse(s),
-                };
-            let op =
-                if h.kind == Kind::CompareSwap { Opcode::CompareSwap } else { Opcode::FetchAdd };
-            loop {
-                match engine::atomic(&span, op, h.a, h.b) {
-                    Ok(old) => {
-                        let mut r = Header::new(Kind::AtomicResp);
-                        r.psn = h.psn;
-                        r.a = old;
-                        return link.send_header(&r);
-                    }
-                    Err(Fail::Held(mr)) => {
-                        mr.wait_coherent();
-                    }
-                    Err(Fail::Status(s)) => return refuse(s),
-                }
-            }
-        }
-        _ => Err(std::io::Error::other(format!("unexpected {:?} frame", h.kind))),
-    }
-}
-
-/// Completes this side's oldest request with the response `h`.
+/// Completes this side's oldest request with the response `h`. The request stays queued
+/// until its completion is written: if the response is wrong or cut short, the connection
+/// fails and the reader's `fail` completes it with those behind it, in order.
 fn respond(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
-    let Some(p) = link.pending.lock().pop_front() else {
-        return Err(std::io::Error::other(format!("unsolicited {:?}", h.kind)));
+    let (opcode, psn, plen, dst) = {
+        let mut o = link.pending.lock();
+        let Some(p) = o.q.front_mut() else {
+            return Err(std::io::Error::other(format!("unsolicited {:?}", h.kind)));
+        };
+        if p.psn != h.psn {
+            return Err(std::io::Error::other(format!(
+                "response for psn {} while {} is outstanding",
+                h.psn, p.psn
+            )));
+        }
+        (p.opcode, p.psn, p.len, std::mem::take(&mut p.dst))
     };
-    if p.psn != h.psn {
-        return Err(std::io::Error::other(format!(
-            "response for psn {} while {} is outstanding",
-            h.psn, p.psn
-        )));
-    }
     let status = match h.kind {
         Kind::Ack => WcStatus::Success,
         Kind::Nak => WcStatus::from_u8(h.status)
             .filter(|s| *s != WcStatus::Success)
             .unwrap_or(WcStatus::BadRespErr),
-        Kind::ReadResp if p.opcode == Opcode::Read => {
-            if h.len != p.len {
+        Kind::ReadResp if opcode == Opcode::Read => {
+            if h.len != plen {
                 link.discard(u64::from(h.len))?;
                 WcStatus::BadRespErr
             } else {
-                match read_spans(link, &p.dst, u64::from(h.len))? {
+                match read_spans(link, &dst, u64::from(h.len))? {
                     Ok(()) => {
                         qp.dev().counters.bytes_read.fetch_add(u64::from(h.len), Ordering::Relaxed);
                         WcStatus::Success
@@ -600,19 +592,18 @@ fn respond(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
                 }
             }
         }
-        Kind::AtomicResp if p.opcode.atomic() => {
-            match p.dst.first().map(|d| engine::store_u64(d, h.a)) {
-                Some(Ok(())) => WcStatus::Success,
-                Some(Err(Fail::Held(mr))) => {
-                    mr.wait_coherent();
-                    match engine::store_u64(&p.dst[0], h.a) {
-                        Ok(()) => WcStatus::Success,
-                        Err(_) => WcStatus::LocProtErr,
-                    }
+        Kind::AtomicResp if opcode.atomic() => match dst.first().map(|d| engine::store_u64(d, h.a))
+        {
+            Some(Ok(())) => WcStatus::Success,
+            Some(Err(Fail::Held(mr))) => {
+                mr.wait_coherent();
+                match engine::store_u64(&dst[0], h.a) {
+                    Ok(()) => WcStatus::Success,
+                    Err(_) => WcStatus::LocProtErr,
                 }
-                _ => WcStatus::LocProtErr,
             }
-        }
+            _ => WcStatus::LocProtErr,
+        },
         k => {
             if k.has_payload() {
                 link.discard(u64::from(h.len))?;
@@ -620,6 +611,10 @@ fn respond(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
             WcStatus::BadRespErr
         }
     };
+    let Some(p) = link.pending.lock().q.pop_front() else {
+        return Err(std::io::Error::other("outstanding request vanished"));
+    };
+    debug_assert_eq!(p.psn, psn, "only the reader takes requests off the queue");
     let n = if status == WcStatus::Success { p.len } else { 0 };
     engine::complete_send(qp, p.wr_id, p.opcode, p.signaled, status, n);
     link.kick_waiter();
@@ -637,11 +632,12 @@ fn reader(link: Arc<Link>) {
             Ok(h) => h,
             Err(e) => break format!("malformed frame: {e}"),
         };
+        link.arm(if h.kind.has_payload() { u64::from(h.len) } else { 0 });
         let Some(qp) = link.qp.lock().upgrade() else { break "QP destroyed".to_string() };
         let r = if h.kind == Kind::Hello {
             Err(std::io::Error::other("HELLO on an established connection"))
         } else if h.kind.is_request() {
-            serve(&link, &qp, h)
+            responder::serve(&link, &qp, h)
         } else {
             respond(&link, &qp, h)
         };
@@ -652,185 +648,11 @@ fn reader(link: Arc<Link>) {
     link.fail(&why);
 }
 
-fn setup_socket(s: &TcpStream) -> std::io::Result<()> {
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_millis(WIRE_STALL_MS)))?;
-    s.set_write_timeout(Some(Duration::from_millis(WIRE_STALL_MS)))?;
-    Ok(())
-}
-
-fn handshake(stream: &TcpStream, mine: &Hello, deadline: Instant) -> Result<Hello, String> {
-    stream
-        .set_read_timeout(Some(
-            deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
-        ))
-        .map_err(|e| e.to_string())?;
-    (&*stream).write_all(&mine.encode()).map_err(|e| format!("sending hello: {e}"))?;
-    let mut hb = [0u8; HEADER];
-    (&*stream).read_exact(&mut hb).map_err(|e| format!("reading hello: {e}"))?;
-    let h = Header::decode(&hb)?;
-    if h.kind != Kind::Hello {
-        return Err(format!("expected HELLO, got {:?}", h.kind));
-    }
-    let mut body = vec![0u8; h.len as usize];
-    (&*stream).read_exact(&mut body).map_err(|e| format!("reading hello: {e}"))?;
-    Hello::decode(&body)
-}
-
-fn establish(
-    qp: &QueuePair,
-    stream: TcpStream,
-    remote: Hello,
-    access: Access,
-    psn: u32,
-) -> VerbsResult<()> {
-    setup_socket(&stream).map_err(|e| VerbsError::io("socket options", &e))?;
-    let peer = stream.peer_addr().map_err(|e| VerbsError::io("peer address", &e))?;
-    let link = Arc::new(Link {
-        stream,
-        write_lock: Mutex::new(()),
-        qp: Mutex::new(Arc::downgrade(&qp.0)),
-        pending: Mutex::new(VecDeque::new()),
-        waiting: Mutex::new(None),
-        closed: AtomicBool::new(false),
-        next_psn: AtomicU32::new(psn),
-        peer,
-        peer_name: remote.name.clone(),
-        remote_qpn: remote.qpn,
-    });
-    let init = QpAttr { qp_state: QpState::Init, qp_access_flags: access, ..QpAttr::default() };
-    qp.modify(
-        &init,
-        QpAttrMask::STATE | QpAttrMask::PKEY_INDEX | QpAttrMask::PORT | QpAttrMask::ACCESS_FLAGS,
-    )?;
-    let rtr = QpAttr {
-        qp_state: QpState::Rtr,
-        dest_qp_num: Qpn(remote.qpn),
-        rq_psn: crate::types::Psn(remote.psn),
-        ah: AddressHandle::Remote(Arc::clone(&link)),
-        ..QpAttr::default()
-    };
-    qp.modify(
-        &rtr,
-        QpAttrMask::STATE
-            | QpAttrMask::AV
-            | QpAttrMask::PATH_MTU
-            | QpAttrMask::DEST_QPN
-            | QpAttrMask::RQ_PSN
-            | QpAttrMask::MAX_DEST_RD_ATOMIC
-            | QpAttrMask::MIN_RNR_TIMER,
-    )?;
-    let l2 = Arc::clone(&link);
+/// Starts the reader thread of `link` (QP `qpn`).
+pub(crate) fn spawn_reader(link: &Arc<Link>, qpn: u32) -> std::io::Result<()> {
+    let l2 = Arc::clone(link);
     std::thread::Builder::new()
-        .name(format!("pw-link-{:x}", qp.0.qpn))
+        .name(format!("pw-link-{qpn:x}"))
         .spawn(move || reader(l2))
-        .map_err(|e| VerbsError::io("reader thread", &e))?;
-    let rts =
-        QpAttr { qp_state: QpState::Rts, sq_psn: crate::types::Psn(psn), ..QpAttr::default() };
-    qp.modify(
-        &rts,
-        QpAttrMask::STATE
-            | QpAttrMask::SQ_PSN
-            | QpAttrMask::TIMEOUT
-            | QpAttrMask::RETRY_CNT
-            | QpAttrMask::RNR_RETRY
-            | QpAttrMask::MAX_QP_RD_ATOMIC,
-    )?;
-    Ok(())
-}
-
-/// Listens for connections from other nodes.
-#[derive(Debug)]
-pub struct Listener {
-    listener: TcpListener,
-    dev: Device,
-}
-
-impl Device {
-    /// Listens on `addr` (`host:port`; port 0 picks one).
-    pub fn listen(&self, addr: &str) -> VerbsResult<Listener> {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| VerbsError::io(format!("listen on {addr}"), &e))?;
-        listener.set_nonblocking(true).map_err(|e| VerbsError::io("listen", &e))?;
-        Ok(Listener { listener, dev: self.clone() })
-    }
-}
-
-impl Listener {
-    /// The address listened on.
-    pub fn local_addr(&self) -> VerbsResult<SocketAddr> {
-        self.listener.local_addr().map_err(|e| VerbsError::io("local address", &e))
-    }
-
-    /// Accepts one connection within `timeout`: creates a QP in `pd`, exchanges HELLOs (the
-    /// peer's private data is returned, `private` is sent), and brings the QP to RTS.
-    pub fn accept(
-        &self,
-        pd: &ProtectionDomain,
-        init: QpInitAttr,
-        access: Access,
-        private: &[u8],
-        timeout: Duration,
-    ) -> VerbsResult<(QueuePair, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match self.listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        return Err(VerbsError::TimedOut("accept".into()));
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => return Err(VerbsError::io("accept", &e)),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| VerbsError::io("accept", &e))?;
-        let qp = pd.create_qp(init)?;
-        let psn = 1;
-        let mine =
-            Hello { qpn: qp.0.qpn, psn, name: self.dev.0.name.clone(), private: private.to_vec() };
-        let remote = handshake(&stream, &mine, deadline).map_err(|e| VerbsError::Transport {
-            what: format!("accept: {e}"),
-            errno: pinwheel_mm::Errno::EPROTO,
-        })?;
-        establish(&qp, stream, remote.clone(), access, psn)?;
-        Ok((qp, remote.private))
-    }
-}
-
-impl ProtectionDomain {
-    /// Connects to a listening node: creates a QP, exchanges HELLOs (sending `private`,
-    /// returning the peer's), and brings the QP to RTS.
-    pub fn connect(
-        &self,
-        addr: &str,
-        init: QpInitAttr,
-        access: Access,
-        private: &[u8],
-        timeout: Duration,
-    ) -> VerbsResult<(QueuePair, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        let sa = addr
-            .to_socket_addrs()
-            .map_err(|e| VerbsError::io(format!("resolve {addr}"), &e))?
-            .next()
-            .ok_or_else(|| VerbsError::invalid(format!("{addr}: no address")))?;
-        let stream = TcpStream::connect_timeout(&sa, timeout)
-            .map_err(|e| VerbsError::io(format!("connect {addr}"), &e))?;
-        let qp = self.create_qp(init)?;
-        let psn = 1;
-        let mine = Hello {
-            qpn: qp.0.qpn,
-            psn,
-            name: self.0.ctx.dev.name.clone(),
-            private: private.to_vec(),
-        };
-        let remote = handshake(&stream, &mine, deadline).map_err(|e| VerbsError::Transport {
-            what: format!("connect {addr}: {e}"),
-            errno: pinwheel_mm::Errno::EPROTO,
-        })?;
-        establish(&qp, stream, remote.clone(), access, psn)?;
-        Ok((qp, remote.private))
-    }
+        .map(|_| ())
 }
