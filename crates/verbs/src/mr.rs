@@ -115,6 +115,8 @@ pub(crate) enum DmaError<E> {
     Copy(E),
 }
 
+/// Times a restore re-pins because a layout change asked for its new pins back.
+const RESTORE_ATTEMPTS: u32 = 8;
 const ODP_VALID: u64 = 1 << 63;
 const ODP_WRITE: u64 = 1 << 62;
 
@@ -252,6 +254,9 @@ pub(crate) struct MrInner {
     backing: Backing,
     me: Weak<MrInner>,
     restores: AtomicU64,
+    /// Bumped by every decohere request, even one that finds the MR already decoherent: a
+    /// restore in progress learns that the pins it is taking are already wanted back.
+    decohere_requests: AtomicU64,
 }
 
 impl fmt::Debug for MrInner {
@@ -565,6 +570,24 @@ impl MrInner {
         Ok(PinnedMap { pins, valid_pages: lo })
     }
 
+    /// Valid → decoherent with an `MrDecoherent` event; a request that finds the MR decoherent
+    /// already (a restore in progress) is still counted, so that restore pins again.
+    fn request_decohere(&self, why: String) {
+        self.decohere_requests.fetch_add(1, Ordering::SeqCst);
+        if self
+            .state
+            .compare_exchange(
+                MrState::Valid as u8,
+                MrState::Decoherent as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+        {
+            self.post(EventType::MrDecoherent, format!("MR {:#x}: {why}", self.key));
+        }
+    }
+
     /// `restore_mr`: rebinds a decoherent pinned MR to the current frames of its virtual range,
     /// keeping its keys (thread 002). Drains, releases the old pins (which lets the waiting
     /// layout change proceed), re-pins (waiting for the change to finish), resumes transfers.
@@ -583,43 +606,63 @@ impl MrInner {
                 self.state().name()
             )));
         }
-        self.drain();
         let Backing::Pinned { map, .. } = &self.backing else { unreachable!("checked kind") };
-        let old = std::mem::replace(
-            &mut *map.lock(),
-            Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
-        );
-        drop(old);
-        match self.pin_prefix() {
-            Ok(new) => {
-                *map.lock() = Arc::new(new);
-                self.restores.fetch_add(1, Ordering::Relaxed);
-                if self
-                    .state
-                    .compare_exchange(
-                        MrState::Decoherent as u8,
-                        MrState::Valid as u8,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_err()
-                {
-                    // Revoked while we waited: drop what we pinned.
-                    self.release_translations();
-                    return Err(VerbsError::invalid(format!(
-                        "MR {:#x} was revoked during restore",
-                        self.key
-                    )));
+        // A layout change that starts while we re-pin finds our new pins and asks us to
+        // decohere again, but we are still decoherent, so no event is posted: give the new pins
+        // back and pin again after it (the re-pin waits for the change to finish).
+        for attempt in 0.. {
+            let requests = self.decohere_requests.load(Ordering::SeqCst);
+            self.drain();
+            let old = std::mem::replace(
+                &mut *map.lock(),
+                Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
+            );
+            drop(old);
+            let new = match self.pin_prefix() {
+                Ok(new) => new,
+                Err(e) => {
+                    self.set_state(MrState::Revoked);
+                    self.post(
+                        EventType::MrRevoked,
+                        format!("MR {:#x}: restore failed: {e}", self.key),
+                    );
+                    return Err(e);
                 }
-                self.set_state(MrState::Valid);
-                Ok(())
+            };
+            *map.lock() = Arc::new(new);
+            if self.decohere_requests.load(Ordering::SeqCst) != requests
+                && attempt < RESTORE_ATTEMPTS
+            {
+                continue;
             }
-            Err(e) => {
-                self.set_state(MrState::Revoked);
-                self.post(EventType::MrRevoked, format!("MR {:#x}: restore failed: {e}", self.key));
-                Err(e)
-            }
+            break;
         }
+        self.restores.fetch_add(1, Ordering::Relaxed);
+        let requests = self.decohere_requests.load(Ordering::SeqCst);
+        if self
+            .state
+            .compare_exchange(
+                MrState::Decoherent as u8,
+                MrState::Valid as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            // Revoked while we waited: drop what we pinned.
+            self.release_translations();
+            return Err(VerbsError::invalid(format!(
+                "MR {:#x} was revoked during restore",
+                self.key
+            )));
+        }
+        self.set_state(MrState::Valid);
+        if self.decohere_requests.load(Ordering::SeqCst) != requests {
+            // Asked again between the last pin and going valid: decohere as a layout change
+            // expects (a fresh event; the holder restores once more).
+            self.request_decohere("a layout change started during restore_mr".into());
+        }
+        Ok(())
     }
 
     pub(crate) fn info(&self) -> MrInfo {
@@ -665,26 +708,11 @@ impl PinHolder for MrInner {
     }
 
     fn decohere(&self, ino: Ino, pages: Range<u64>) {
-        if self
-            .state
-            .compare_exchange(
-                MrState::Valid as u8,
-                MrState::Decoherent as u8,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok()
-        {
-            self.post(
-                EventType::MrDecoherent,
-                format!(
-                    "MR {:#x}: layout change of {ino} pages {}..{} waits for restore_mr",
-                    self.key,
-                    pages.start,
-                    pages.end.min(u64::MAX / 2)
-                ),
-            );
-        }
+        self.request_decohere(format!(
+            "layout change of {ino} pages {}..{} waits for restore_mr",
+            pages.start,
+            pages.end.min(u64::MAX / 2)
+        ));
     }
 
     fn revoke(&self, why: &str) {
@@ -842,6 +870,7 @@ impl ProtectionDomain {
             backing,
             me: me.clone(),
             restores: AtomicU64::new(0),
+            decohere_requests: AtomicU64::new(0),
         }))
     }
 
@@ -957,13 +986,7 @@ impl ProtectionDomain {
             base,
             access,
             MrKind::File,
-            Backing::File {
-                ino,
-                file,
-                first_page,
-                table,
-                handle: OnceLock::new(),
-            },
+            Backing::File { ino, file, first_page, table, handle: OnceLock::new() },
         )?;
         let weak: Weak<dyn IntervalNotifier> = Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
         match fs.subscribe(ino, first_page * PAGE_SIZE, end - first_page * PAGE_SIZE, weak) {

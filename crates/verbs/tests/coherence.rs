@@ -259,13 +259,13 @@ struct FsNode {
 }
 
 fn fs_node(policy: PinPolicy) -> FsNode {
+    fs_node_with(policy, Duration::from_secs(30))
+}
+
+fn fs_node_with(policy: PinPolicy, lease_break: Duration) -> FsNode {
     let mem = Memory::new(Pool::memfd("verbs-fs", 64 << 20).unwrap(), RealClock::new());
-    let fs = Filesystem::mkfs(
-        &mem,
-        MkfsOptions::default(),
-        MountOptions { policy, lease_break: Duration::from_secs(30) },
-    )
-    .unwrap();
+    let fs = Filesystem::mkfs(&mem, MkfsOptions::default(), MountOptions { policy, lease_break })
+        .unwrap();
     let dev = Device::open(DeviceConfig {
         name: "pinwheel0".into(),
         memory: Arc::clone(&mem),
@@ -416,6 +416,48 @@ fn restore_after_reflink_writes_the_victim_not_the_clone() {
     for i in 0..16usize {
         assert_eq!(v[i * 4096], 0x6b, "page {i}: the write landed in the victim");
         assert_eq!(s[i * 4096], 0x33, "page {i}: the clone kept the data of the clone time");
+    }
+    assert!(f.fs.fsck().clean());
+}
+
+/// A layout change that starts while `restore_mr` is re-pinning finds the new pins and asks for
+/// them back; the MR is still decoherent, so no event can tell the holder. The restore must
+/// give them back itself, or the change waits the whole lease-break time and revokes the MR.
+#[test]
+fn layout_change_during_restore_is_not_left_waiting() {
+    let f = fs_node_with(PinPolicy::Decohere, Duration::from_secs(3));
+    let pages = 256;
+    let (ino, at) = victim(&f, pages);
+    let mr = f.n.mr(at, pages * PAGE_SIZE, Access::all_rw());
+    for round in 0..6 {
+        let fs = f.fs.clone();
+        let admin = std::thread::spawn(move || {
+            let t = Instant::now();
+            let snap = format!("/snap{round}");
+            fs.clone_file("/victim", &snap, &Caller::admin()).unwrap();
+            // Copy-on-write of every page, racing the restore's own re-pin.
+            for page in (0..pages).rev() {
+                fs.write(ino, page * PAGE_SIZE + 4000, b"admin", &Caller::admin()).unwrap();
+            }
+            fs.unlink(&snap, &Caller::admin()).unwrap();
+            t.elapsed()
+        });
+        let deadline = Instant::now() + T;
+        while !admin.is_finished() {
+            assert!(Instant::now() < deadline, "round {round}: the administrator hung");
+            if let Some(ev) = f.n.ctx.get_async_event(Duration::from_millis(5)) {
+                assert_ne!(ev.kind, EventType::MrRevoked, "round {round}: {}", ev.detail);
+                if ev.kind == EventType::MrDecoherent {
+                    mr.restore().unwrap();
+                }
+            }
+        }
+        let took = admin.join().unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "round {round}: the layout changes waited {took:?} for pins a restore had taken"
+        );
+        assert_eq!(mr.state(), MrState::Valid, "round {round}");
     }
     assert!(f.fs.fsck().clean());
 }
