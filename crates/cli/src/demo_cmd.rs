@@ -132,8 +132,10 @@ pub fn run(a: DemoArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let n = report.runs.len();
         writeln!(
             out,
-            "{n} run{} in {:.1} s ({} holder). corrupt: bytes of other files changed; lost: \
-             acknowledged writes missing from the victim.",
+            "{n} run{} in {:.1} s ({} holder).\n\
+             corrupt: bytes of files other than the victim that changed; lost: acknowledged\n\
+             writes missing from the victim; stall: longest gap between two successful\n\
+             completions at the client; failed-clean: the client saw errors, nothing was lost.",
             if n == 1 { "" } else { "s" },
             started.elapsed().as_secs_f64(),
             opts.holder.name()

@@ -59,7 +59,7 @@ impl RunReport {
         format!("{}/{} {}", self.policy, self.mr_kind, self.victim)
     }
 
-    /// The outcome class the SVG colours by.
+    /// The outcome class (table, SVG): what the client and the other files saw.
     pub fn outcome(&self) -> &'static str {
         if self.bytes_corrupted > 0 {
             "corrupted"
@@ -67,8 +67,10 @@ impl RunReport {
             "lost"
         } else if self.registration != "ok" || self.operation_result != "ok" {
             "refused"
-        } else if self.mr_revoked || self.wr_failed > 0 && self.operation != "truncate" {
+        } else if self.mr_revoked {
             "revoked"
+        } else if self.wr_failed > 0 {
+            "failed-clean"
         } else {
             "hitless"
         }
@@ -82,6 +84,10 @@ pub struct Report {
     pub runs: Vec<RunReport>,
 }
 
+fn human_us(us: u64) -> String {
+    if us >= 10_000 { format!("{} ms", us / 1000) } else { format!("{us} us") }
+}
+
 fn human_bytes(n: u64) -> String {
     match n {
         0 => "0".into(),
@@ -92,65 +98,76 @@ fn human_bytes(n: u64) -> String {
 }
 
 impl Report {
-    /// The table, 100 columns wide.
+    /// The table, under 100 columns: one block per strategy (with its registration result),
+    /// one row per operation.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<26} {:<8} {:<10} {:<10} {:>7} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
-            "strategy",
-            "op",
-            "register",
-            "result",
-            "op ms",
-            "acked",
-            "failed",
-            "corrupt",
-            "lost",
-            "stall",
-            "kw/s"
-        );
+        let mut last: Option<(String, String)> = None;
         for r in &self.runs {
-            let stall = if r.stall_us_max >= 10_000 {
-                format!("{}ms", r.stall_us_max / 1000)
-            } else {
-                format!("{}us", r.stall_us_max)
-            };
+            let group = (format!("{} ({} holder)", r.strategy(), r.holder), r.registration.clone());
+            if last.as_ref() != Some(&group) {
+                if last.is_some() {
+                    s.push('\n');
+                }
+                let _ = writeln!(s, "{}: registration {}", group.0, group.1);
+                let _ = writeln!(
+                    s,
+                    "  {:<9}{:<10}{:>8}{:>8}{:>7}{:>9}{:>7}{:>9}{:>7}  {}",
+                    "op",
+                    "result",
+                    "op ms",
+                    "acked",
+                    "failed",
+                    "corrupt",
+                    "lost",
+                    "stall",
+                    "kw/s",
+                    "outcome"
+                );
+                last = Some(group);
+            }
             let _ = writeln!(
                 s,
-                "{:<26} {:<8} {:<10} {:<10} {:>7.1} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6.1}{}",
-                r.strategy(),
+                "  {:<9}{:<10}{:>8.1}{:>8}{:>7}{:>9}{:>7}{:>9}{:>7.1}  {}",
                 r.operation,
-                r.registration,
                 r.operation_result,
                 r.operation_latency_us as f64 / 1000.0,
                 r.wr_acked,
                 r.wr_failed,
                 human_bytes(r.bytes_corrupted),
                 r.writes_lost,
-                stall,
+                human_us(r.stall_us_max),
                 r.writes_per_sec / 1000.0,
-                if r.mr_revoked { " revoked" } else { "" }
+                r.outcome()
             );
         }
         s
     }
 
-    /// Notes: the messages that explain refusals and stops, once each.
+    /// Notes: why operations were refused, once per strategy and message, wrapped to fit.
     pub fn notes(&self) -> String {
-        let mut s = String::new();
+        // (strategy, text) -> operations, in order of appearance.
+        let mut groups: Vec<((String, String), Vec<String>)> = Vec::new();
+        let mut add =
+            |key: (String, String), op: &str| match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, ops)) => ops.push(op.to_string()),
+                None => groups.push((key, vec![op.to_string()])),
+            };
         for r in &self.runs {
-            if let Some(o) = &r.owner_operation_result {
-                let _ = writeln!(
-                    s,
-                    "{} {}: the lease owner's own truncate got {o}",
-                    r.strategy(),
-                    r.operation
-                );
-            }
+            let who = format!("{} ({})", r.strategy(), r.holder);
             if r.operation_result != "ok" && !r.message.is_empty() {
-                let _ = writeln!(s, "{} {}: {}", r.strategy(), r.operation, r.message);
+                // "truncate /victim: why" -> "why": the operation is listed with the group.
+                let why = r.message.split_once(": ").map_or(r.message.as_str(), |(_, w)| w);
+                add((who.clone(), why.to_string()), &r.operation);
             }
+            if let Some(o) = &r.owner_operation_result {
+                add((who, format!("the lease owner's own truncate got {o}")), &r.operation);
+            }
+        }
+        let mut s = String::new();
+        for ((who, text), ops) in groups {
+            let line = format!("{who}, {}: {text}", ops.join("/"));
+            s.push_str(&wrap(&line, 98, "    "));
         }
         s
     }
@@ -181,6 +198,7 @@ impl Report {
             "lost" => "#fc8d59",
             "refused" => "#9ecae1",
             "revoked" => "#b39ddb",
+            "failed-clean" => "#fdd49e",
             _ => "#74c476",
         };
         let mut s = String::new();
@@ -262,8 +280,9 @@ impl Report {
             ("corrupted", "other files corrupted"),
             ("lost", "acknowledged writes lost"),
             ("refused", "registration or operation refused"),
-            ("revoked", "MR revoked / client cut off"),
-            ("hitless", "operation done, nothing lost"),
+            ("revoked", "MR revoked, client cut off"),
+            ("failed-clean", "client saw errors, nothing lost"),
+            ("hitless", "operation done, no error, nothing lost"),
         ]
         .iter()
         .enumerate()
@@ -282,6 +301,25 @@ impl Report {
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// Wraps `text` at `width` columns on spaces; continuation lines start with `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+        } else if !line.is_empty() && line != indent {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 fn xml(s: &str) -> String {

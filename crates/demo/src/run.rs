@@ -285,7 +285,7 @@ pub(crate) fn run(
     let node = Node::new(cfg).map_err(|e| e.to_string())?;
     let fs = node.fs.clone();
     let admin = Caller::admin();
-    let server = Caller::new(OwnerId(7), "pid 4121 (demo-server)");
+    let server = Caller::new(OwnerId(7), format!("pid {} (demo server)", std::process::id()));
     let err = |e: pinwheel::fs::FsError| e.to_string();
     // The victim between two canaries, then a filler leaving little free space.
     let ca = fs.create("/canary-a", CreateOptions::default()).map_err(err)?;
