@@ -45,7 +45,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     victim_mib: u64,
     /// The server node's lease-break time in milliseconds (Linux's is 45 s).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     lease_break_ms: u64,
 }
 

@@ -117,6 +117,8 @@ pub(crate) enum DmaError<E> {
 
 /// Times a restore re-pins because a layout change asked for its new pins back.
 const RESTORE_ATTEMPTS: u32 = 8;
+/// How long an ODP or file-MR fault retries while invalidations keep racing it.
+const FAULT_RETRY_TIME: Duration = Duration::from_secs(1);
 const ODP_VALID: u64 = 1 << 63;
 const ODP_WRITE: u64 = 1 << 62;
 
@@ -388,7 +390,14 @@ impl MrInner {
         }
         let b = self.base + off;
         let checks = self.dev().coherence();
-        for _ in 0..64 {
+        let deadline = Instant::now() + FAULT_RETRY_TIME;
+        loop {
+            if Instant::now() > deadline {
+                return Err(DmaError::Fault(format!(
+                    "translations kept being invalidated for {} ms",
+                    FAULT_RETRY_TIME.as_millis()
+                )));
+            }
             if let Backing::Odp { .. } | Backing::File { .. } = self.backing {
                 self.fault(b / PAGE_SIZE..(self.base + end).div_ceil(PAGE_SIZE), write)
                     .map_err(DmaError::Fault)?;
@@ -428,7 +437,6 @@ impl MrInner {
                 Err(()) => continue, // an invalidation raced with us: fault again
             }
         }
-        Err(DmaError::Fault("translations kept being invalidated (64 attempts)".into()))
     }
 
     /// ODP / file fault of `pages` (page indices of the MR), the `hmm_range_fault` loop.
@@ -444,7 +452,10 @@ impl MrInner {
         }
         let Some(handle) = handle.get() else { return Err("MR not set up".into()) };
         self.dev().counters.odp_faults.fetch_add(1, Ordering::Relaxed);
-        for _ in 0..64 {
+        // As hmm_range_fault's callers: retry while invalidations race the fault, for up to a
+        // second (HMM_RANGE_DEFAULT_TIMEOUT), not a number of attempts a busy file can exhaust.
+        let deadline = Instant::now() + FAULT_RETRY_TIME;
+        while Instant::now() <= deadline {
             let seq = handle.read_begin();
             let mut pfns: Vec<Pfn> = Vec::with_capacity((pages.end - pages.start) as usize);
             match &self.backing {
@@ -477,7 +488,10 @@ impl MrInner {
             }
             return Ok(());
         }
-        Err("fault kept racing with invalidations".into())
+        Err(format!(
+            "fault kept racing with invalidations for {} ms",
+            FAULT_RETRY_TIME.as_millis()
+        ))
     }
 
     /// `ibv_advise_mr(PREFETCH[_WRITE])`: faults the range in now.
