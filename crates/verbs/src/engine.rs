@@ -513,6 +513,23 @@ pub(crate) fn complete_send_locked(
     status: WcStatus,
     byte_len: u32,
 ) {
+    push_send_wc_locked(qp, c, wr_id, opcode, signaled, status, byte_len);
+    if status != WcStatus::Success {
+        qp.to_error(c, status.name());
+    }
+}
+
+/// Queues a send completion without changing the QP's state (the caller moves it to ERR after
+/// the completions that must come before the flush of the send queue).
+pub(crate) fn push_send_wc_locked(
+    qp: &QpInner,
+    c: &mut QpCore,
+    wr_id: u64,
+    opcode: Opcode,
+    signaled: bool,
+    status: WcStatus,
+    byte_len: u32,
+) {
     c.completed += 1;
     if status != WcStatus::Success || signaled {
         qp.send_cq.push(WorkCompletion {
@@ -526,7 +543,6 @@ pub(crate) fn complete_send_locked(
     }
     if status != WcStatus::Success {
         qp.dev().counters.errors.fetch_add(1, Ordering::Relaxed);
-        qp.to_error(c, status.name());
     }
 }
 

@@ -488,10 +488,7 @@ impl MrInner {
             }
             return Ok(());
         }
-        Err(format!(
-            "fault kept racing with invalidations for {} ms",
-            FAULT_RETRY_TIME.as_millis()
-        ))
+        Err(format!("fault kept racing with invalidations for {} ms", FAULT_RETRY_TIME.as_millis()))
     }
 
     /// `ibv_advise_mr(PREFETCH[_WRITE])`: faults the range in now.

@@ -1087,3 +1087,49 @@ fn rnr_waiting_sender_fails_when_the_target_stops_receiving() {
         assert_eq!(f.a.state(), QpState::Error);
     }
 }
+
+/// Over TCP a failed request is followed by WR_FLUSH_ERR for every request behind it, as on
+/// IB: not by whatever the (now broken) responder answers to the requests already on the wire.
+#[test]
+fn tcp_error_flushes_the_requests_behind_it() {
+    let server = node(32);
+    let target = server.buf(64 * 1024, 0);
+    let tmr = server.mr(target, 64 * 1024, Access::all_rw());
+    let listener = server.dev.listen("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scq = server.cq();
+    let spd = server.pd.clone();
+    let acceptor = std::thread::spawn(move || {
+        let init =
+            QpInitAttr { send_cq: scq.clone(), recv_cq: scq, srq: None, caps: QpCaps::default() };
+        listener.accept(&spd, init, Access::all_rw(), &[], T).map(|(qp, _)| qp)
+    });
+    let client = node(32);
+    let src = client.buf(4096, 0x42);
+    let smr = client.mr(src, 4096, Access::all_rw());
+    let cq = client.cq();
+    let init =
+        QpInitAttr { send_cq: cq.clone(), recv_cq: cq.clone(), srq: None, caps: QpCaps::default() };
+    let (qp, _) =
+        client.pd.connect(&format!("127.0.0.1:{port}"), init, Access::empty(), &[], T).unwrap();
+    let _server_qp = acceptor.join().unwrap().unwrap();
+    // 4 good writes, one beyond the MR, 20 good ones behind it: all posted at once.
+    let wrs: Vec<SendWr> = (0..25u64)
+        .map(|i| {
+            let at = if i == 4 { target.raw() + 64 * 1024 } else { target.raw() + i * 256 };
+            SendWr::write(i, sge(&smr, src, 256), at, tmr.rkey())
+        })
+        .collect();
+    qp.post_send(&wrs).unwrap();
+    for i in 0..25u64 {
+        let w = wc(&cq);
+        let want = match i {
+            0..4 => WcStatus::Success,
+            4 => WcStatus::RemAccessErr,
+            _ => WcStatus::WrFlushErr,
+        };
+        assert_eq!((w.wr_id, w.status), (i, want));
+    }
+    assert_eq!(qp.state(), QpState::Error);
+    assert!(cq.poll_one().is_none());
+}

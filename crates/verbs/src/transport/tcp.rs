@@ -60,6 +60,9 @@ struct Outstanding {
     q: VecDeque<Pending>,
     /// The reader failed them all: nothing may be queued any more.
     failed: bool,
+    /// PSNs of requests flushed behind an error completion whose responses may still arrive
+    /// (the peer answers what was already on the wire); those responses are dropped.
+    flushed: VecDeque<u32>,
 }
 
 /// The reader's clock (only the reader thread reads the socket).
@@ -130,7 +133,11 @@ impl Link {
             stream,
             write_lock: Mutex::new(()),
             qp: Mutex::new(Arc::downgrade(qp)),
-            pending: Mutex::new(Outstanding { q: VecDeque::new(), failed: false }),
+            pending: Mutex::new(Outstanding {
+                q: VecDeque::new(),
+                failed: false,
+                flushed: VecDeque::new(),
+            }),
             waiting: Mutex::new(None),
             closed: AtomicBool::new(false),
             clock: Mutex::new(ReadClock { frame: Instant::now(), timeout: STALL }),
@@ -562,6 +569,15 @@ pub(crate) fn send(qp: &Arc<QpInner>, wr: &SendWr, link: &Arc<Link>) -> Outcome 
 fn respond(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
     let (opcode, psn, plen, dst) = {
         let mut o = link.pending.lock();
+        if let Some(i) = o.flushed.iter().position(|f| *f == h.psn) {
+            // The response to a request already flushed: nothing to complete.
+            o.flushed.drain(..=i);
+            drop(o);
+            if h.kind.has_payload() {
+                link.discard(u64::from(h.len))?;
+            }
+            return Ok(());
+        }
         let Some(p) = o.q.front_mut() else {
             return Err(std::io::Error::other(format!("unsolicited {:?}", h.kind)));
         };
@@ -611,12 +627,38 @@ fn respond(link: &Link, qp: &Arc<QpInner>, h: Header) -> std::io::Result<()> {
             WcStatus::BadRespErr
         }
     };
-    let Some(p) = link.pending.lock().q.pop_front() else {
-        return Err(std::io::Error::other("outstanding request vanished"));
+    let (p, behind) = {
+        let mut o = link.pending.lock();
+        let Some(p) = o.q.pop_front() else {
+            return Err(std::io::Error::other("outstanding request vanished"));
+        };
+        let behind: Vec<Pending> =
+            if status == WcStatus::Success { Vec::new() } else { o.q.drain(..).collect() };
+        let psns: Vec<u32> = behind.iter().map(|b| b.psn).collect();
+        o.flushed.extend(psns);
+        (p, behind)
     };
     debug_assert_eq!(p.psn, psn, "only the reader takes requests off the queue");
-    let n = if status == WcStatus::Success { p.len } else { 0 };
-    engine::complete_send(qp, p.wr_id, p.opcode, p.signaled, status, n);
+    if status == WcStatus::Success {
+        engine::complete_send(qp, p.wr_id, p.opcode, p.signaled, status, p.len);
+    } else {
+        // IB requester semantics: the failed request completes with its status, the QP goes
+        // to ERR and everything behind it — on the wire first, then not yet sent — is flushed.
+        let mut c = qp.core.lock();
+        engine::push_send_wc_locked(qp, &mut c, p.wr_id, p.opcode, p.signaled, status, 0);
+        for b in behind {
+            engine::push_send_wc_locked(
+                qp,
+                &mut c,
+                b.wr_id,
+                b.opcode,
+                b.signaled,
+                WcStatus::WrFlushErr,
+                0,
+            );
+        }
+        qp.to_error(&mut c, status.name());
+    }
     link.kick_waiter();
     Ok(())
 }
