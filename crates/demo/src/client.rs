@@ -111,6 +111,7 @@ pub fn run(args: &ClientArgs) -> Result<(), String> {
     let mut in_flight: BTreeMap<u64, (u32, u64)> = BTreeMap::new(); // wr_id -> (slot, send time)
     let mut last: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new(); // slot -> (seq, t_send, t_ack)
     let mut seq = 0u64;
+    let mut recent: Option<u32> = None; // the slot of the last acknowledged write
     let mut last_ok = Instant::now();
     let mut writes_done = 0u64;
     let mut stop = false;
@@ -143,17 +144,17 @@ pub fn run(args: &ClientArgs) -> Result<(), String> {
                 pinwheel::Rkey(rkey),
             );
             let mut wrs = vec![wr];
-            // Every 64 writes, read back the slot written last and check it.
-            if seq % 64 == 63 {
-                if let Some((&s, _)) = last.iter().next_back() {
-                    wrs.push(SendWr::read(
-                        seq | READ_BIT,
-                        Sge { addr: read_buf.raw(), length: RECORD as u32, lkey: mr.lkey() },
-                        base + record::slot_offset(u64::from(s)),
-                        pinwheel::Rkey(rkey),
-                    ));
-                    in_flight.insert(seq | READ_BIT, (s, 0));
-                }
+            // Every 64 writes, read back the slot acknowledged last and check it.
+            if seq % 64 == 63
+                && let Some(s) = recent
+            {
+                wrs.push(SendWr::read(
+                    seq | READ_BIT,
+                    Sge { addr: read_buf.raw(), length: RECORD as u32, lkey: mr.lkey() },
+                    base + record::slot_offset(u64::from(s)),
+                    pinwheel::Rkey(rkey),
+                ));
+                in_flight.insert(seq | READ_BIT, (s, 0));
             }
             if let Err(e) = qp.post_send(&wrs) {
                 log.stopped = Some(format!("post_send: {e}"));
@@ -204,16 +205,19 @@ pub fn run(args: &ClientArgs) -> Result<(), String> {
                 let mut b = vec![0u8; RECORD as usize];
                 aspace.read(read_buf, &mut b).map_err(|e| e.to_string())?;
                 let want = last.get(&slot).map(|(s, ts, _)| (*s, *ts));
-                if let (Some((s, ts)), got) = (want, record::decode(&b)) {
-                    if got.map(|r| (r.seq, r.t_send)) != Some((s, ts))
-                        && got.is_none_or(|r| r.seq < s)
-                    {
-                        log.read_mismatches += 1;
-                    }
+                let got = record::decode(&b);
+                // The READ follows the slot's last acknowledged write on the same QP: it must
+                // see that record or a newer one.
+                if let Some((s, ts)) = want
+                    && got.map(|r| (r.seq, r.t_send)) != Some((s, ts))
+                    && got.is_none_or(|r| r.seq < s)
+                {
+                    log.read_mismatches += 1;
                 }
             } else {
                 writes_done += 1;
                 last.insert(slot, (wc.wr_id, t_send, record::now_ns()));
+                recent = Some(slot);
             }
         }
     }

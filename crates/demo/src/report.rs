@@ -45,6 +45,9 @@ pub struct RunReport {
     pub stall_us_max: u64,
     /// Acknowledged writes per second.
     pub writes_per_sec: f64,
+    /// Verifying READs that did not return the slot's last acknowledged record (or a newer one).
+    #[serde(default)]
+    pub read_mismatches: u64,
     /// The lease owner's own attempt at the layout change (layout-lease: EDEADLK).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_operation_result: Option<String>,
@@ -84,6 +87,9 @@ pub struct Report {
     pub runs: Vec<RunReport>,
 }
 
+const TABLE_HEADER: [&str; 10] =
+    ["op", "result", "op ms", "acked", "failed", "corrupt", "lost", "stall", "kw/s", "outcome"];
+
 fn human_us(us: u64) -> String {
     if us >= 10_000 { format!("{} ms", us / 1000) } else { format!("{us} us") }
 }
@@ -110,19 +116,11 @@ impl Report {
                     s.push('\n');
                 }
                 let _ = writeln!(s, "{}: registration {}", group.0, group.1);
+                let h = TABLE_HEADER;
                 let _ = writeln!(
                     s,
                     "  {:<9}{:<10}{:>8}{:>8}{:>7}{:>9}{:>7}{:>9}{:>7}  {}",
-                    "op",
-                    "result",
-                    "op ms",
-                    "acked",
-                    "failed",
-                    "corrupt",
-                    "lost",
-                    "stall",
-                    "kw/s",
-                    "outcome"
+                    h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
                 );
                 last = Some(group);
             }
@@ -159,6 +157,12 @@ impl Report {
                 // "truncate /victim: why" -> "why": the operation is listed with the group.
                 let why = r.message.split_once(": ").map_or(r.message.as_str(), |(_, w)| w);
                 add((who.clone(), why.to_string()), &r.operation);
+            }
+            if r.read_mismatches > 0 {
+                add(
+                    (who.clone(), format!("{} verifying READs saw stale data", r.read_mismatches)),
+                    &r.operation,
+                );
             }
             if let Some(o) = &r.owner_operation_result {
                 add((who, format!("the lease owner's own truncate got {o}")), &r.operation);

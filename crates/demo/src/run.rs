@@ -16,7 +16,7 @@ use pinwheel::fs::{
     Caller, CreateOptions, DefragOptions, FallocMode, Filesystem, Ino, LeaseKind, OpenFile,
     OwnerId, PinPolicy,
 };
-use pinwheel::mm::{AddressSpace, Errno, FileOffset, MmapRequest, PAGE_SIZE, VirtAddr};
+use pinwheel::mm::{AddressSpace, Errno, FileOffset, MmapRequest, PAGE_SIZE};
 use pinwheel::{
     Access, AsyncEvent, AutoRestore, EventType, MemoryRegion, MrState, Node, NodeConfig, PoolSpec,
     QpCaps, QpInitAttr, VerbsError,
@@ -24,7 +24,7 @@ use pinwheel::{
 
 use crate::DemoOptions;
 use crate::client::{encode_target, read_log};
-use crate::record::{self, RECORD, SLOTS_PER_PAGE};
+use crate::record::{self, RECORD};
 use crate::report::RunReport;
 use crate::strategy::{Holder, MrKind, Op, Strategy, Victim};
 
@@ -77,7 +77,7 @@ struct OpOutcome {
     message: String,
     latency_us: u64,
     /// Byte ranges of the victim the operation removed, and when (CLOCK_MONOTONIC ns).
-    removed: Option<(Vec<Range<u64>>, u64)>,
+    removed: Option<(Range<u64>, u64)>,
     /// The reflink snapshot and when it was complete.
     snapshot: Option<(Ino, u64)>,
     /// The file written to reuse freed frames, and how much was written.
@@ -128,7 +128,7 @@ fn perform(fs: &Filesystem, victim: Ino, op: Op, len: u64, dax: bool) -> OpOutco
             let ok = step(fs.truncate(victim, 0, &admin), &mut out);
             out.latency_us = t.elapsed().as_micros() as u64;
             if ok {
-                out.removed = Some((vec![0..len], record::now_ns()));
+                out.removed = Some((0..len, record::now_ns()));
                 out.reuse = reuse(fs, len);
                 if step(fs.truncate(victim, len, &admin), &mut out) && dax {
                     step(
@@ -152,7 +152,7 @@ fn perform(fs: &Filesystem, victim: Ino, op: Op, len: u64, dax: bool) -> OpOutco
             );
             out.latency_us = t.elapsed().as_micros() as u64;
             if ok {
-                out.removed = Some((vec![r.clone()], record::now_ns()));
+                out.removed = Some((r.clone(), record::now_ns()));
                 out.reuse = reuse(fs, r.end - r.start);
             }
         }
@@ -195,7 +195,7 @@ fn perform(fs: &Filesystem, victim: Ino, op: Op, len: u64, dax: bool) -> OpOutco
             let ok = step(fs.unlink("/victim", &admin), &mut out);
             out.latency_us = t.elapsed().as_micros() as u64;
             if ok {
-                out.removed = Some((vec![0..len], record::now_ns()));
+                out.removed = Some((0..len, record::now_ns()));
                 out.reuse = reuse(fs, len);
             }
         }
@@ -418,23 +418,22 @@ pub(crate) fn run(
     if let Some((r, n)) = out.reuse {
         corrupted += differing(&fs, r, n, |_| REUSE);
     }
-    if let Some((snap, t_done)) = out.snapshot {
-        if let Some(b) = read_file(&fs, snap) {
-            for slot in 0..record::slots(len) {
-                let off = record::slot_offset(slot) as usize;
-                if b.get(off..off + RECORD as usize)
-                    .and_then(record::decode)
-                    .is_some_and(|r| r.t_send > t_done)
-                {
-                    corrupted += RECORD;
-                }
+    if let Some((snap, t_done)) = out.snapshot
+        && let Some(b) = read_file(&fs, snap)
+    {
+        for slot in 0..record::slots(len) {
+            let off = record::slot_offset(slot) as usize;
+            if b.get(off..off + RECORD as usize)
+                .and_then(record::decode)
+                .is_some_and(|r| r.t_send > t_done)
+            {
+                corrupted += RECORD;
             }
-            for page in 0..len / PAGE_SIZE {
-                let off = record::admin_offset(page) as usize;
-                if b.get(off..off + RECORD as usize).is_some_and(|s| s.iter().all(|x| *x == ADMIN))
-                {
-                    corrupted += RECORD;
-                }
+        }
+        for page in 0..len / PAGE_SIZE {
+            let off = record::admin_offset(page) as usize;
+            if b.get(off..off + RECORD as usize).is_some_and(|s| s.iter().all(|x| *x == ADMIN)) {
+                corrupted += RECORD;
             }
         }
     }
@@ -444,10 +443,11 @@ pub(crate) fn run(
         let off = record::slot_offset(*slot);
         // A write sent before the removal finished may have landed before it: its data went
         // with the range. A write sent after it must be in the file — or must have failed.
-        if let Some((ranges, t_removed)) = &out.removed {
-            if *t_send < *t_removed && ranges.iter().any(|r| r.contains(&off)) {
-                continue;
-            }
+        if let Some((range, t_removed)) = &out.removed
+            && *t_send < *t_removed
+            && range.contains(&off)
+        {
+            continue;
         }
         let got = victim_bytes
             .as_ref()
@@ -461,8 +461,6 @@ pub(crate) fn run(
     let mr_revoked = app.mr.lock().as_ref().is_some_and(|m| m.state() == MrState::Revoked)
         || events.contains_key("MR_REVOKED");
     drop(server_qp);
-    let _ = SLOTS_PER_PAGE;
-    let _ = VirtAddr::new(0);
     Ok(RunReport {
         policy: strategy.policy.name().into(),
         mr_kind: strategy.mr.name().into(),
@@ -482,6 +480,7 @@ pub(crate) fn run(
         mr_revoked,
         stall_us_max: log.stall_us_max,
         writes_per_sec: log.writes_per_sec.round(),
+        read_mismatches: log.read_mismatches,
         owner_operation_result: out.owner_result,
         message: if out.message.is_empty() {
             log.stopped.clone().unwrap_or_default()

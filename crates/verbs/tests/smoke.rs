@@ -28,7 +28,7 @@ fn loopback_write_read_atomic_send() {
     assert_eq!(n.read(dst.checked_add(64).unwrap(), 8), 15u64.to_le_bytes());
     b.post_recv(&[RecvWr { wr_id: 9, sg_list: vec![sge(&dmr, dst, 100)] }]).unwrap();
     a.post_send(&[SendWr::send(4, sge(&smr, src, 100)).with_imm(77)]).unwrap();
-    let mut got = vec![wc(&cq), wc(&cq)];
+    let mut got = [wc(&cq), wc(&cq)];
     got.sort_by_key(|w| w.wr_id);
     assert_eq!((got[0].wr_id, got[0].status), (4, WcStatus::Success));
     assert_eq!(
