@@ -111,8 +111,12 @@ impl Drop for BreakGuard {
 
 /// Names the holders of pins for an error message.
 fn holders_of(rt: &Runtime, ids: &[FilePinId]) -> String {
-    let descs: Vec<String> =
-        ids.iter().filter_map(|i| rt.pins.get(i)).map(|p| p.info.to_string()).collect();
+    // Asked afresh: the processes holding a handle change (fork, SCM_RIGHTS, exit).
+    let descs: Vec<String> = ids
+        .iter()
+        .filter_map(|i| rt.pins.get(i))
+        .map(|p| upgrade(&p.holder).map_or_else(|| p.info.to_string(), |h| h.info().to_string()))
+        .collect();
     let mut uniq: Vec<String> = Vec::new();
     for d in descs {
         if !uniq.contains(&d) {

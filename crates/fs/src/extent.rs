@@ -7,7 +7,7 @@ use std::ops::Range;
 use pinwheel_mm::{FrameRun, Pfn};
 
 /// File pages `[page, page + count)` live in frames `[pfn, pfn + count)`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Extent {
     /// First file page.
     pub page: u64,

@@ -19,7 +19,7 @@ use crate::policy::{PinDecision, PinRequest, decide_pin};
 use crate::types::{FilePinId, Ino, LeaseId, OwnerId};
 
 /// A file pin, for listings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePinInfo {
     /// Which.
     pub id: FilePinId,
@@ -168,7 +168,12 @@ impl Shared {
                 offset: p.pages.start * PAGE_SIZE,
                 len: (p.pages.end - p.pages.start) * PAGE_SIZE,
                 write: p.write,
-                holder: p.info.clone(),
+                // Asked afresh: who holds the pinning handle changes (fork, SCM_RIGHTS, exit).
+                holder: p
+                    .holder
+                    .as_ref()
+                    .and_then(Weak::upgrade)
+                    .map_or_else(|| p.info.clone(), |h| h.info()),
                 owner: p.owner,
                 lease: p.lease,
                 taken_at: p.taken_at,

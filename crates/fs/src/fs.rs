@@ -38,7 +38,7 @@ pub(crate) struct Counters {
 }
 
 /// A snapshot of the counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsStats {
     /// Layout changes completed.
     pub layout_changes: u64,

@@ -18,7 +18,7 @@ use crate::format::{
 use crate::limits::{EXTENTS_PER_BLOCK, INLINE_EXTENTS, MAX_EXTENTS};
 
 /// What fsck found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsckReport {
     /// Violations of the format's invariants.
     pub errors: Vec<String>,

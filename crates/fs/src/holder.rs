@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::types::{Ino, LeaseId, OwnerId};
 
 /// Who holds a pin, for admin views and for error messages that name the culprit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HolderInfo {
     /// The pinning object, e.g. `MR 0x1a07`.
     pub object: String,

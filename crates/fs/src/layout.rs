@@ -37,7 +37,7 @@ pub struct DefragOptions {
 }
 
 /// What a defragmentation did.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DefragReport {
     /// Extents before.
     pub extents_before: usize,

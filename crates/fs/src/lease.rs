@@ -27,7 +27,7 @@ use crate::holder::LeaseHolder;
 use crate::types::{Ino, LeaseId, OpenId, OwnerId};
 
 /// Kind of layout lease.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum LeaseKind {
     /// Read layout lease (breakable).
     Read,
@@ -59,7 +59,7 @@ impl fmt::Display for LeaseKind {
 }
 
 /// A lease's state.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LeaseState {
     /// Held.
     Active,
@@ -95,7 +95,7 @@ impl fmt::Debug for Lease {
 }
 
 /// A lease, for listings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseInfo {
     /// Which.
     pub id: LeaseId,

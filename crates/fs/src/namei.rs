@@ -23,7 +23,7 @@ use crate::types::{Caller, Ino};
 use crate::{FilePinInfo, PinPolicy};
 
 /// File or directory.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FileKind {
     /// Regular file.
     File,
@@ -39,7 +39,7 @@ pub struct CreateOptions {
 }
 
 /// `stat`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
     /// Inode.
     pub ino: Ino,
@@ -68,7 +68,7 @@ pub struct Stat {
 }
 
 /// A directory entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirEntry {
     /// Name.
     pub name: String,

@@ -8,6 +8,7 @@ macro_rules! id {
     ($(#[$m:meta])* $name:ident, $fmt:literal) => {
         $(#[$m])*
         #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct $name(pub u64);
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

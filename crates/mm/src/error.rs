@@ -88,6 +88,7 @@ errnos! {
     ENOTCONN = ENOTCONN, "Transport endpoint is not connected";
     ETIMEDOUT = ETIMEDOUT, "Connection timed out";
     ECONNREFUSED = ECONNREFUSED, "Connection refused";
+    EADDRINUSE = EADDRINUSE, "Address already in use";
     ECANCELED = ECANCELED, "Operation canceled";
     ESTALE = ESTALE, "Stale file handle";
     EUCLEAN = EUCLEAN, "Structure needs cleaning";

@@ -31,6 +31,7 @@ macro_rules! newtype_u64 {
     ($(#[$m:meta])* $name:ident, $fmt:literal) => {
         $(#[$m])*
         #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub struct $name(u64);
 
         impl $name {

@@ -2,11 +2,20 @@
 //! the software RDMA device on it — assembled, as the kernel as a whole is.
 //!
 //! **Owns**: node assembly and its configuration (pool in a memfd or a file, formatting or
-//! mounting, the pin policy, the lease-break time).
-//! **Does not own**: the parts themselves; the daemon and its admin API come with the node
-//! daemon issue.
+//! mounting, the pin policy, the lease-break time); the node daemon (`daemon`), its control
+//! protocol (`proto`, `channel`) and admin views; finding the processes that hold a device
+//! handle (`procfs`).
+//! **Does not own**: the parts themselves; the client side of the protocol is in `pinwheel`.
 //!
-//! Thread safety: a [`Node`] is `Clone + Send + Sync`; its parts are.
+//! Thread safety: a [`Node`] is `Clone + Send + Sync`; its parts are. The daemon serves each
+//! handle on a thread of its own.
+
+pub mod channel;
+pub mod convert;
+pub mod daemon;
+pub mod limits;
+pub mod procfs;
+pub mod proto;
 
 use std::path::PathBuf;
 use std::sync::Arc;

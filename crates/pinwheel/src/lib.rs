@@ -8,6 +8,7 @@
 //! Thread safety: everything is `Send + Sync`.
 
 mod auto_restore;
+pub mod client;
 
 pub use auto_restore::{AutoRestore, AutoRestoreStats};
 pub use pinwheel_fs as fs;

@@ -100,6 +100,32 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// The `enum ibv_wr_opcode` value.
+    pub fn code(self) -> u8 {
+        match self {
+            Opcode::Write => 0,
+            Opcode::WriteWithImm => 1,
+            Opcode::Send => 2,
+            Opcode::SendWithImm => 3,
+            Opcode::Read => 4,
+            Opcode::CompareSwap => 5,
+            Opcode::FetchAdd => 6,
+        }
+    }
+    /// From the `enum ibv_wr_opcode` value.
+    pub fn from_code(v: u8) -> Option<Opcode> {
+        [
+            Opcode::Write,
+            Opcode::WriteWithImm,
+            Opcode::Send,
+            Opcode::SendWithImm,
+            Opcode::Read,
+            Opcode::CompareSwap,
+            Opcode::FetchAdd,
+        ]
+        .into_iter()
+        .find(|o| o.code() == v)
+    }
     /// Name as perftest and ibv print it.
     pub fn name(self) -> &'static str {
         match self {
@@ -445,6 +471,38 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type.
+    pub const ALL: &'static [EventType] = &[
+        EventType::CqErr,
+        EventType::QpFatal,
+        EventType::QpReqErr,
+        EventType::QpAccessErr,
+        EventType::CommEst,
+        EventType::SqDrained,
+        EventType::PathMig,
+        EventType::PathMigErr,
+        EventType::DeviceFatal,
+        EventType::PortActive,
+        EventType::PortErr,
+        EventType::LidChange,
+        EventType::PkeyChange,
+        EventType::SmChange,
+        EventType::SrqErr,
+        EventType::SrqLimitReached,
+        EventType::QpLastWqeReached,
+        EventType::ClientReregister,
+        EventType::GidChange,
+        EventType::WqFatal,
+        EventType::DeviceSpeedChange,
+        EventType::MrDecoherent,
+        EventType::LeaseRecalled,
+        EventType::LeaseRevoked,
+        EventType::MrRevoked,
+    ];
+    /// The event type with this name.
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.iter().copied().find(|e| e.name() == name)
+    }
     /// Name for listings.
     pub fn name(self) -> &'static str {
         match self {

@@ -135,6 +135,32 @@ pub enum WcOpcode {
 }
 
 impl WcOpcode {
+    /// The `enum ibv_wc_opcode` value.
+    pub fn code(self) -> u8 {
+        match self {
+            WcOpcode::Send => 0,
+            WcOpcode::RdmaWrite => 1,
+            WcOpcode::RdmaRead => 2,
+            WcOpcode::CompSwap => 3,
+            WcOpcode::FetchAdd => 4,
+            WcOpcode::Recv => 128,
+            WcOpcode::RecvRdmaWithImm => 129,
+        }
+    }
+    /// From the `enum ibv_wc_opcode` value.
+    pub fn from_code(v: u8) -> Option<WcOpcode> {
+        [
+            WcOpcode::Send,
+            WcOpcode::RdmaWrite,
+            WcOpcode::RdmaRead,
+            WcOpcode::CompSwap,
+            WcOpcode::FetchAdd,
+            WcOpcode::Recv,
+            WcOpcode::RecvRdmaWithImm,
+        ]
+        .into_iter()
+        .find(|o| o.code() == v)
+    }
     pub(crate) fn of(op: Opcode) -> WcOpcode {
         match op {
             Opcode::Write | Opcode::WriteWithImm => WcOpcode::RdmaWrite,
