@@ -43,7 +43,7 @@ fn yes_no(b: bool) -> &'static str {
 
 /// Writes rows as columns: the first `right` columns right-aligned, the rest left-aligned,
 /// the last one unpadded.
-fn table(out: &mut dyn Write, rows: &[Vec<String>], right: usize) -> io::Result<()> {
+pub(crate) fn table(out: &mut dyn Write, rows: &[Vec<String>], right: usize) -> io::Result<()> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))

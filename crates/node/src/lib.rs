@@ -15,6 +15,7 @@ pub mod convert;
 pub mod daemon;
 pub mod limits;
 pub mod procfs;
+pub mod sys;
 pub mod proto;
 
 use std::path::PathBuf;
