@@ -1,8 +1,8 @@
 //! `pinwheel`: the command-line tool (the part of rdma-core's tools and util-linux in
 //! DESIGN.md). Glue only: it parses the command line, hands each top-level subcommand to its
-//! module (`mkfs_cmd`, `fs_cmd`; later `demo`, `serve`, `perf`, `devinfo`, `pins`, ... as
-//! siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>): <detail>` and
-//! maps them to exit statuses. Everything else lives in the library crates.
+//! module (`demo_cmd`, `mkfs_cmd`, `fs_cmd`, `devinfo_cmd`; later `perf`, `serve`, `pins`,
+//! ... as siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>):
+//! <detail>` and maps them to exit statuses. Everything else lives in the library crates.
 //!
 //! Exit statuses: 0 success; 1 the operation failed; 2 the command line is wrong (clap);
 //! 4 fsck found damage. No user input (bad sizes, missing or foreign files, a damaged image)
@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod demo_cmd;
+mod devinfo_cmd;
 mod error;
 mod fs_cmd;
 mod image;
@@ -76,6 +77,15 @@ enum Command {
     /// the image, so a damaged image is refused with EUCLEAN; fsck reads it raw and reports
     /// what is wrong.
     Fs(fs_cmd::FsArgs),
+    /// Print the attributes of the software RDMA device, as `ibv_devinfo` does.
+    ///
+    /// Opens the device of a fresh node (a new memfd pool and its filesystem) and prints its
+    /// name (hca_id), transport, firmware version, GUIDs, vendor ids and port 1 (state, MTU,
+    /// link layer). `-v` adds the device's limits (max_mr_size, max_qp, max_qp_wr, max_sge,
+    /// max_cq, max_cqe, max_mr, max_pd, max_qp_rd_atom, atomic_cap, max_srq...) and its ODP
+    /// capabilities: general ones and per transport (RC: SEND, RECV, WRITE, READ, ATOMIC,
+    /// SRQ_RECV; the other transports do not exist here).
+    Devinfo(devinfo_cmd::DevinfoArgs),
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
@@ -84,6 +94,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
         Command::DemoClient(a) => demo_cmd::run_client(a),
         Command::Mkfs(a) => mkfs_cmd::run(a, out),
         Command::Fs(a) => fs_cmd::run(a, out),
+        Command::Devinfo(a) => devinfo_cmd::run(a, out),
     }
 }
 
