@@ -75,7 +75,6 @@ fn establish(
             | QpAttrMask::MAX_DEST_RD_ATOMIC
             | QpAttrMask::MIN_RNR_TIMER,
     )?;
-    tcp::spawn_reader(&link, qp.0.qpn).map_err(|e| VerbsError::io("reader thread", &e))?;
     let rts = QpAttr { qp_state: QpState::Rts, sq_psn: Psn(psn), ..QpAttr::default() };
     qp.modify(
         &rts,
@@ -86,6 +85,11 @@ fn establish(
             | QpAttrMask::RNR_RETRY
             | QpAttrMask::MAX_QP_RD_ATOMIC,
     )?;
+    // The reader starts once the QP is in RTS: a peer that hangs up right after the
+    // handshake (a server refusing the private data) is a disconnect of an established
+    // connection, as with rdma_cm, not a failed RTR -> RTS transition of a QP the reader
+    // already moved to ERR. What the peer sends meanwhile waits in the socket.
+    tcp::spawn_reader(&link, qp.0.qpn).map_err(|e| VerbsError::io("reader thread", &e))?;
     Ok(())
 }
 
