@@ -1,6 +1,6 @@
 //! `pinwheel`: the command-line tool (the part of rdma-core's tools and util-linux in
 //! DESIGN.md). Glue only: it parses the command line, hands each top-level subcommand to its
-//! module (`demo_cmd`, `mkfs_cmd`, `fs_cmd`, `devinfo_cmd`; later `perf`, `serve`, `pins`,
+//! module (`demo_cmd`, `mkfs_cmd`, `fs_cmd`, `devinfo_cmd`, `perf`; later `serve`, `pins`,
 //! ... as siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>):
 //! <detail>` and maps them to exit statuses. Everything else lives in the library crates.
 //!
@@ -18,6 +18,7 @@ mod image;
 mod limits;
 mod mkfs_cmd;
 mod output;
+mod perf;
 mod size;
 
 use std::io::{self, BufWriter, Write};
@@ -86,6 +87,14 @@ enum Command {
     /// capabilities: general ones and per transport (RC: SEND, RECV, WRITE, READ, ATOMIC,
     /// SRQ_RECV; the other transports do not exist here).
     Devinfo(devinfo_cmd::DevinfoArgs),
+    /// Measure the software RDMA device as perftest does (ib_write_bw, ib_read_bw,
+    /// ib_write_lat, ib_read_lat).
+    ///
+    /// Without SERVER_ADDR: the server. It listens on -p (default 18515), prints the port it
+    /// waits on, serves one client and exits; it holds the MR the client writes and reads.
+    /// With SERVER_ADDR: the client, which drives the run and prints the results. --loopback
+    /// runs both sides in this process over two QPs of one device, without TCP.
+    Perf(perf::PerfArgs),
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
@@ -95,6 +104,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Mkfs(a) => mkfs_cmd::run(a, out),
         Command::Fs(a) => fs_cmd::run(a, out),
         Command::Devinfo(a) => devinfo_cmd::run(a, out),
+        Command::Perf(a) => perf::run(a, out),
     }
 }
 
