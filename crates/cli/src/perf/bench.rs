@@ -154,8 +154,11 @@ pub(crate) fn bw(
 ) -> Result<(Vec<Instant>, Vec<Instant>), CliError> {
     let n = plan.iters as usize;
     let (depth, cq_mod) = (u64::from(plan.tx_depth), u64::from(plan.cq_mod.max(1)));
-    let mut tposted: Vec<Instant> = Vec::with_capacity(n);
-    let mut tcompleted: Vec<Instant> = Vec::with_capacity(n);
+    // Written in full before the clock starts: the first touch of their pages must not fall
+    // inside the run (perftest allocates its arrays up front too).
+    let start = Instant::now();
+    let mut tposted: Vec<Instant> = vec![start; n];
+    let mut tcompleted: Vec<Instant> = vec![start; n];
     let mut wcs = vec![blank_wc(); 64];
     let (mut scnt, mut ccnt) = (0u64, 0u64);
     dog.progress(Instant::now());
@@ -163,7 +166,7 @@ pub(crate) fn bw(
         while scnt < plan.iters && scnt - ccnt < depth {
             wr.wr_id = scnt;
             wr.signaled = (scnt + 1) % cq_mod == 0 || scnt + 1 == plan.iters;
-            tposted.push(Instant::now());
+            tposted[scnt as usize] = Instant::now();
             post(test, qp, &wr)?;
             scnt += 1;
         }
@@ -178,10 +181,10 @@ pub(crate) fn bw(
             if wc.status != WcStatus::Success {
                 return Err(bad_completion(test, wc));
             }
-            let upto = (wc.wr_id + 1).min(scnt);
-            while ccnt < upto {
-                tcompleted.push(now);
-                ccnt += 1;
+            let upto = wc.wr_id.saturating_add(1).min(scnt);
+            if upto > ccnt {
+                tcompleted[ccnt as usize..upto as usize].fill(now);
+                ccnt = upto;
             }
         }
         dog.progress(now);
