@@ -370,17 +370,19 @@ impl Device {
     }
 
     /// Bytes moved and operations executed by this node's engine: (written, read, ops, held,
-    /// errors, ODP faults).
+    /// errors, ODP faults). Loopback work is counted per QP (`qp::Moved`) and added up here;
+    /// a QP being destroyed at this moment may be missing from one reading.
     pub fn counters(&self) -> (u64, u64, u64, u64, u64, u64) {
         let c = &self.0.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        (
-            l(&c.bytes_written),
-            l(&c.bytes_read),
-            l(&c.ops),
-            l(&c.held),
-            l(&c.errors),
-            l(&c.odp_faults),
-        )
+        let qps: Vec<Arc<QpInner>> = self.0.qps.read().values().filter_map(Weak::upgrade).collect();
+        let (mut written, mut read, mut ops) = (l(&c.bytes_written), l(&c.bytes_read), l(&c.ops));
+        for q in qps {
+            let m = q.core.lock().moved;
+            written += m.bytes_written;
+            read += m.bytes_read;
+            ops += m.ops;
+        }
+        (written, read, ops, l(&c.held), l(&c.errors), l(&c.odp_faults))
     }
 }
