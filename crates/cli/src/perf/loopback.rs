@@ -86,12 +86,17 @@ fn bw(p: &Params, size: u64, client: &End<'_>, server: &End<'_>) -> Result<BwRow
         let wr = SendWr::read(0, client.buf.sge(0, size), server.buf.addr.raw(), server.buf.rkey());
         (wr, server.buf, client.buf)
     };
-    let base = if p.compare { Some(baseline::memcpy(from, to, size, p.iters)?) } else { None };
+    // The baseline runs before and after the RDMA run; their mean is reported.
+    let before = if p.compare { Some(baseline::memcpy(from, to, size, p.iters)?) } else { None };
     let plan = BwPlan { iters: p.iters, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
     let mut dog = Watchdog::new(p.timeout);
     let mut progress = Progress::new(format!("{name} {size} B"));
     let (posted, completed) =
         bench::bw(name, client.qp, client.cq, wr, plan, &mut dog, &mut progress)?;
+    let base = match before {
+        Some(b) => Some((b + baseline::memcpy(from, to, size, p.iters)?) / 2.0),
+        None => None,
+    };
     Ok(BwRow::new(size, &posted, &completed).with_baseline(base))
 }
 

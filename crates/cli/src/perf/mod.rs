@@ -96,7 +96,8 @@ it and exits; `pinwheel perf write_bw HOST` connects and prints the results. The
 --compare: loopback bandwidth tests also run, side by side, a single-thread copy of the same
 messages between the same two buffers of the pool (the pool's own copy); TCP bandwidth tests
 also stream the same bytes over a plain TCP connection between the same two processes (a
-second connection, before the RDMA run) - the baseline[MB/sec] and ratio columns.
+second connection). The baseline runs just before and just after the RDMA run; the
+baseline[MB/sec] column is their mean, ratio = BW average / baseline.
 
 --json prints one document: the run's settings and `results`, an object per message size
 (bytes, iterations, bw_peak_mib_s, bw_average_mib_s, msg_rate_mpps, baseline_mib_s, ratio;

@@ -5,10 +5,11 @@
 //! listener. Either side refuses a peer that runs another test.
 //!
 //! Control: small SEND/RECV messages on the same QP (`Ctl`). For each message size the client
-//! sends `Round` (size, iterations, whether to run the raw TCP baseline first, and where the
-//! server's ping-pong writes land); the server answers `Ready` with where the client's
-//! WRITEs and READs go (its MR), and takes part in the run when it is the WRITE ping-pong.
-//! `Done` ends the session. Everything from the peer is checked: it is untrusted input.
+//! sends `Round` (size, iterations, and where the server's ping-pong writes land); the server
+//! answers `Ready` with where the client's WRITEs and READs go (its MR), and takes part in the
+//! run when it is the WRITE ping-pong. With `--compare`, `Baseline` before and after the round
+//! has the server take the raw TCP baseline's connection. `Done` ends the session. Everything
+//! from the peer is checked: it is untrusted input.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -80,7 +81,9 @@ impl Hello {
 enum Ctl {
     /// Client → server: run one message size. `addr`/`rkey`: the client's receive half
     /// (where the server's ping-pong WRITEs go).
-    Round { size: u64, iters: u64, baseline: bool, addr: u64, rkey: u32 },
+    Round { size: u64, iters: u64, addr: u64, rkey: u32 },
+    /// Client → server: take one raw TCP baseline connection carrying `iters` x `size` bytes.
+    Baseline { size: u64, iters: u64 },
     /// Server → client: ready; the client's WRITEs and READs target `addr` of `rkey`.
     Ready { addr: u64, rkey: u32 },
     /// Client → server: the session is over.
@@ -91,15 +94,13 @@ impl Ctl {
     fn encode(&self) -> [u8; CTL_LEN as usize] {
         let mut b = [0u8; CTL_LEN as usize];
         b[0..4].copy_from_slice(&CTL_MAGIC);
-        let (kind, flags, size, iters, addr, rkey) = match *self {
-            Ctl::Round { size, iters, baseline, addr, rkey } => {
-                (1, u8::from(baseline), size, iters, addr, rkey)
-            }
-            Ctl::Ready { addr, rkey } => (2, 0, 0, 0, addr, rkey),
-            Ctl::Done => (3, 0, 0, 0, 0, 0),
+        let (kind, size, iters, addr, rkey) = match *self {
+            Ctl::Round { size, iters, addr, rkey } => (1, size, iters, addr, rkey),
+            Ctl::Ready { addr, rkey } => (2, 0, 0, addr, rkey),
+            Ctl::Done => (3, 0, 0, 0, 0),
+            Ctl::Baseline { size, iters } => (4, size, iters, 0, 0),
         };
         b[4] = kind;
-        b[5] = flags;
         b[8..16].copy_from_slice(&size.to_le_bytes());
         b[16..24].copy_from_slice(&iters.to_le_bytes());
         b[24..32].copy_from_slice(&addr.to_le_bytes());
@@ -118,15 +119,10 @@ impl Ctl {
         };
         let rkey = u32::from_le_bytes([b[32], b[33], b[34], b[35]]);
         match b[4] {
-            1 => Ok(Ctl::Round {
-                size: u64_at(8),
-                iters: u64_at(16),
-                baseline: b[5] & 1 != 0,
-                addr: u64_at(24),
-                rkey,
-            }),
+            1 => Ok(Ctl::Round { size: u64_at(8), iters: u64_at(16), addr: u64_at(24), rkey }),
             2 => Ok(Ctl::Ready { addr: u64_at(24), rkey }),
             3 => Ok(Ctl::Done),
+            4 => Ok(Ctl::Baseline { size: u64_at(8), iters: u64_at(16) }),
             k => Err(format!("unknown control message kind {k}")),
         }
     }
@@ -330,19 +326,18 @@ pub(crate) fn client(
         if p.test == Test::WriteLat {
             buf.flag(half + last)?.set(0)?;
         }
+        // The raw TCP baseline runs before and after the RDMA run; their mean is reported.
+        let raw = || -> Result<f64, CliError> {
+            ctl.send(&Ctl::Baseline { size, iters: p.iters })?;
+            baseline::raw_client(raw_addr, p.test == Test::WriteBw, size, p.iters, p.timeout)
+        };
+        let before = if p.compare { Some(raw()?) } else { None };
         ctl.send(&Ctl::Round {
             size,
             iters: p.iters,
-            baseline: p.compare,
             addr: buf.addr.raw() + if p.test == Test::WriteLat { half } else { 0 },
             rkey: buf.rkey().0,
         })?;
-        let base = if p.compare {
-            let to_server = p.test == Test::WriteBw;
-            Some(baseline::raw_client(raw_addr, to_server, size, p.iters, p.timeout)?)
-        } else {
-            None
-        };
         let Ctl::Ready { addr: raddr, rkey } = ctl.recv(&|| activity(&host))? else {
             return Err(peer_error(&target, "expected READY from the server".into()));
         };
@@ -359,6 +354,10 @@ pub(crate) fn client(
                 };
                 let plan = BwPlan { iters: p.iters, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
                 let (posted, done) = bench::bw(name, &qp, &cq, wr, plan, &mut dog, &mut progress)?;
+                let base = match before {
+                    Some(b) => Some((b + raw()?) / 2.0),
+                    None => None,
+                };
                 Row::Bw(BwRow::new(size, &posted, &done).with_baseline(base))
             }
             Test::ReadLat => {
@@ -473,13 +472,17 @@ pub(crate) fn server(p: &Params, port: u16, out: &mut dyn Write) -> Result<(), C
     let mut rounds = 0u64;
     loop {
         match ctl.recv(&|| activity(&host))? {
-            Ctl::Round { size, iters, baseline: base, addr, rkey } => {
+            Ctl::Round { size, iters, addr, rkey } => {
                 session.check(size, iters, &peer)?;
-                if base && p.test.is_bw() {
-                    baseline::raw_serve(&raw, p.test == Test::WriteBw, size, iters, p.timeout)?;
-                }
                 session.round(&ctl, size, iters, addr, Rkey(rkey))?;
                 rounds += 1;
+            }
+            Ctl::Baseline { size, iters } if p.test.is_bw() => {
+                session.check(size, iters, &peer)?;
+                baseline::raw_serve(&raw, p.test == Test::WriteBw, size, iters, p.timeout)?;
+            }
+            Ctl::Baseline { .. } => {
+                return Err(peer_error(&peer, format!("no baseline for {}", p.test.name())));
             }
             Ctl::Done => break,
             Ctl::Ready { .. } => {
@@ -570,7 +573,8 @@ mod tests {
     #[test]
     fn tcp_control_messages_round_trip() {
         for m in [
-            Ctl::Round { size: 65536, iters: 5000, baseline: true, addr: 0x1000, rkey: 0x10a },
+            Ctl::Round { size: 65536, iters: 5000, addr: 0x1000, rkey: 0x10a },
+            Ctl::Baseline { size: 1 << 20, iters: 2000 },
             Ctl::Ready { addr: 0x7000, rkey: 0x201 },
             Ctl::Done,
         ] {
