@@ -2,8 +2,10 @@
 //!
 //! Who executes: for a peer QP on this node (loopback) the poster's thread does the transfer
 //! itself (kernel bypass: a one-sided write is a copy into memory the initiator can reach),
-//! after checking the target MR; for a remote peer the request goes on the connection and the
-//! remote node's engine executes it against its pool (`transport::tcp`).
+//! after checking the target MR (`transport::loopback`); for a remote peer the request goes
+//! on the connection and the remote node's engine executes it against its pool
+//! (`transport::tcp`). This module holds what both share: the spans of a request, the checks,
+//! the copies, completions, and the send queue's executor.
 //!
 //! Every access is checked in this order: key → PD → access flags → MR state → bounds; a
 //! violation completes with the matching status and moves the QP to ERR; nothing outside an
@@ -21,7 +23,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use parking_lot::MutexGuard;
 use pinwheel_mm::{MmError, PoolOffset};
@@ -62,7 +63,7 @@ pub(crate) enum Side {
 
 impl Side {
     /// The initiator's status when this side's buffer cannot be used.
-    fn status(self) -> WcStatus {
+    pub(crate) fn status(self) -> WcStatus {
         match self {
             Side::Initiator => WcStatus::LocProtErr,
             Side::Target => WcStatus::RemAccessErr,
@@ -139,7 +140,12 @@ pub(crate) fn local_span(qp: &QpInner, sge: &Sge, need_write: bool) -> Result<Sp
 
 /// The checks of a local SGE against the MR its key named: PD → access → bounds. The offset
 /// in the MR.
-fn check_local(qp: &QpInner, mr: &MrInner, sge: &Sge, need_write: bool) -> Result<u64, WcStatus> {
+pub(crate) fn check_local(
+    qp: &QpInner,
+    mr: &MrInner,
+    sge: &Sge,
+    need_write: bool,
+) -> Result<u64, WcStatus> {
     if !Arc::ptr_eq(&mr.pd, &qp.pd) {
         return Err(WcStatus::LocProtErr);
     }
@@ -153,7 +159,7 @@ fn check_local(qp: &QpInner, mr: &MrInner, sge: &Sge, need_write: bool) -> Resul
     Ok(off)
 }
 
-fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Result<Spans, WcStatus> {
+pub(crate) fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Result<Spans, WcStatus> {
     match sges {
         [one] if one.length > 0 => Ok(Spans::One(local_span(qp, one, need_write)?)),
         _ => sges
@@ -194,7 +200,7 @@ pub(crate) fn remote_span(
 
 /// The checks of a remote access against the MR its rkey named: PD → access (MR and QP) →
 /// bounds. The offset in the MR.
-fn check_remote(
+pub(crate) fn check_remote(
     target: &QpInner,
     qp_access: Access,
     mr: &MrInner,
@@ -240,15 +246,15 @@ fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<()
 }
 
 /// One MR's side of a copy: from byte `off`, translated through `snap` if given.
-struct Part<'a> {
-    mr: &'a Arc<MrInner>,
-    off: u64,
-    side: Side,
-    snap: Option<&'a mut Snapshot>,
+pub(crate) struct Part<'a> {
+    pub(crate) mr: &'a Arc<MrInner>,
+    pub(crate) off: u64,
+    pub(crate) side: Side,
+    pub(crate) snap: Option<&'a mut Snapshot>,
 }
 
 /// Copies `n` bytes between two MRs of this node, entering both.
-fn copy_between(src: Part<'_>, dst: Part<'_>, n: u64) -> Result<(), Fail> {
+pub(crate) fn copy_between(src: Part<'_>, dst: Part<'_>, n: u64) -> Result<(), Fail> {
     let pool = dst.mr.dev().mem.pool();
     let (dmr, dside, mut dsnap) = (dst.mr, dst.side, dst.snap);
     let mut dcur = dst.off;
@@ -313,13 +319,6 @@ pub(crate) fn store_u64(dst: &Span, v: u64) -> Result<(), Fail> {
     copy_chunk(&Span::Bytes(v.to_le_bytes().to_vec()), 0, dst, 0, 8)
 }
 
-fn source(qp: &QpInner, wr: &SendWr) -> Result<Spans, WcStatus> {
-    match &wr.inline_data {
-        Some(d) => Ok(Spans::One(Span::Bytes(d.clone()))),
-        None => local_spans(qp, &wr.sg_list, false),
-    }
-}
-
 /// Marks the responder QP broken by a request it could not serve (IB: the responder enters
 /// ERR on an access violation and raises `QP_ACCESS_ERR`).
 pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
@@ -332,246 +331,6 @@ pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
             format!("QP {:#x}: incoming request failed: {}", target.qpn, status.name()),
         );
     }
-}
-
-/// The responder `t` refused a request: remote access and invalid request errors break it.
-fn refused(t: &QpInner, status: WcStatus) -> Outcome {
-    if status == WcStatus::RemAccessErr || status == WcStatus::RemInvReqErr {
-        responder_error(t, status);
-    }
-    Outcome::Done(status, 0)
-}
-
-fn loopback(
-    qp: &Arc<QpInner>,
-    wr: &SendWr,
-    t: &Arc<QpInner>,
-    rnr_retry: u8,
-    cache: &mut MrCache,
-) -> Outcome {
-    use Outcome::Done;
-    let (t_state, t_access) = t.state_access();
-    if !matches!(t_state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
-        return Done(WcStatus::RetryExcErr, 0);
-    }
-    let len = wr.length();
-    if len > crate::limits::MAX_MSG {
-        return Done(WcStatus::LocLenErr, 0);
-    }
-    if let Some(out) = read_write_cached(qp, wr, t, t_access, cache) {
-        return out;
-    }
-    let fail = |f: Fail| match f {
-        Fail::Held(mr) => Outcome::Held(mr),
-        Fail::Status(s) => refused(t, s),
-    };
-    match wr.opcode {
-        Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
-            transfer(qp, wr, t, t_access, rnr_retry)
-        }
-        Opcode::Read => {
-            let dst = match local_spans(qp, &wr.sg_list, true) {
-                Ok(s) => s,
-                Err(s) => return Done(s, 0),
-            };
-            let src =
-                match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_READ)
-                {
-                    Ok(s) => s,
-                    Err(s) => return refused(t, s),
-                };
-            match copy_spans(&[src], &dst) {
-                Ok(n) => Done(WcStatus::Success, n as u32),
-                Err(f) => fail(f),
-            }
-        }
-        Opcode::CompareSwap | Opcode::FetchAdd => {
-            if wr.sg_list.len() != 1 || wr.sg_list[0].length != 8 {
-                return Done(WcStatus::LocLenErr, 0);
-            }
-            if !wr.remote_addr.is_multiple_of(8) {
-                return refused(t, WcStatus::RemInvReqErr);
-            }
-            let dst = match local_span(qp, &wr.sg_list[0], true) {
-                Ok(s) => s,
-                Err(s) => return Done(s, 0),
-            };
-            let tgt =
-                match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, 8, Access::REMOTE_ATOMIC)
-                {
-                    Ok(s) => s,
-                    Err(s) => return refused(t, s),
-                };
-            let old = match atomic(&tgt, wr.opcode, wr.compare_add, wr.swap) {
-                Ok(v) => v,
-                Err(f) => return fail(f),
-            };
-            match store_u64(&dst, old) {
-                Ok(()) => Done(WcStatus::Success, 8),
-                Err(f) => fail(f),
-            }
-        }
-    }
-}
-
-/// The common case of a loopback WRITE or READ: one local SGE and the target in another MR.
-/// The same checks and outcomes as the general path (`transfer`, the READ arm of `loopback`),
-/// on MRs found through the executing thread's cache (`mr_cache.rs`) and translated through
-/// its snapshots (`pinned.rs`): no key-table lock, no map lock, no `Arc` clone of a map.
-/// `None`: not this case.
-fn read_write_cached(
-    qp: &Arc<QpInner>,
-    wr: &SendWr,
-    t: &Arc<QpInner>,
-    t_access: Access,
-    cache: &mut MrCache,
-) -> Option<Outcome> {
-    use Outcome::Done;
-    let write = wr.opcode == Opcode::Write;
-    let [sge] = wr.sg_list.as_slice() else { return None };
-    let (lkey, rkey) = (sge.lkey.0, wr.rkey.0);
-    let dev = qp.dev();
-    if !(write || wr.opcode == Opcode::Read)
-        || wr.inline_data.is_some()
-        || sge.length == 0
-        || lkey == rkey
-    {
-        return None;
-    }
-    let len = u64::from(sge.length);
-    let Some(lmr) = cache.lookup(dev, lkey, rkey) else {
-        return Some(Done(WcStatus::LocProtErr, 0));
-    };
-    let loff = match check_local(qp, &lmr, sge, !write) {
-        Ok(o) => o,
-        Err(s) => return Some(Done(s, 0)),
-    };
-    let need = if write { Access::REMOTE_WRITE } else { Access::REMOTE_READ };
-    let Some(rmr) = cache.lookup(dev, rkey, lkey) else {
-        return Some(refused(t, WcStatus::RemAccessErr));
-    };
-    let roff = match check_remote(t, t_access, &rmr, wr.remote_addr, len, need) {
-        Ok(o) => o,
-        Err(s) => return Some(refused(t, s)),
-    };
-    let (lsnap, rsnap) = cache.snaps(lkey, rkey)?;
-    let local = Part { mr: &lmr, off: loff, side: Side::Initiator, snap: Some(lsnap) };
-    let remote = Part { mr: &rmr, off: roff, side: Side::Target, snap: Some(rsnap) };
-    let r = if write { copy_between(local, remote, len) } else { copy_between(remote, local, len) };
-    Some(match r {
-        Ok(()) => Done(WcStatus::Success, len as u32),
-        Err(Fail::Held(mr)) => Outcome::Held(mr),
-        Err(Fail::Status(s)) => refused(t, s),
-    })
-}
-
-/// WRITE, WRITE_WITH_IMM, SEND and SEND_WITH_IMM to the responder `t` of this node.
-///
-/// Every check that can refuse the request comes before a receive is taken (the responder
-/// validates the rkey before it consumes a receive WQE, as rxe_resp.c does), and a receive
-/// taken for a transfer that then fails for a reason other than its own buffer goes back to
-/// the head of its queue: every receive completes exactly once, successfully, in error or
-/// flushed.
-fn transfer(
-    qp: &Arc<QpInner>,
-    wr: &SendWr,
-    t: &Arc<QpInner>,
-    t_access: Access,
-    rnr_retry: u8,
-) -> Outcome {
-    use Outcome::Done;
-    let len = wr.length();
-    let src = match source(qp, wr) {
-        Ok(s) => s,
-        Err(s) => return Done(s, 0),
-    };
-    let target = match wr.opcode {
-        Opcode::Write | Opcode::WriteWithImm => {
-            match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_WRITE) {
-                Ok(s) => Some(s),
-                Err(s) => return refused(t, s),
-            }
-        }
-        _ => None,
-    };
-    let recv = if wr.opcode.consumes_recv() {
-        match take_recv(t, rnr_retry) {
-            Ok(r) => Some(r),
-            Err(o) => return o,
-        }
-    } else {
-        None
-    };
-    let dst = match (target, &recv) {
-        (Some(s), _) => Spans::One(s),
-        (None, Some(r)) => {
-            let cap: u64 = r.sg_list.iter().map(|s| u64::from(s.length)).sum();
-            if cap < len {
-                complete_recv(t, r, WcStatus::LocLenErr, 0, None);
-                responder_error(t, WcStatus::LocLenErr);
-                return Done(WcStatus::RemInvReqErr, 0);
-            }
-            match recv_spans(t, r) {
-                Ok(s) => s,
-                Err(s) => {
-                    complete_recv(t, r, s, 0, None);
-                    responder_error(t, s);
-                    return Done(WcStatus::RemOpErr, 0);
-                }
-            }
-        }
-        (None, None) => return Done(WcStatus::GeneralErr, 0),
-    };
-    match copy_spans(&src, &dst) {
-        Ok(n) => {
-            if let Some(r) = &recv {
-                let imm = matches!(wr.opcode, Opcode::WriteWithImm | Opcode::SendWithImm)
-                    .then_some((wr.imm, wr.opcode == Opcode::WriteWithImm));
-                complete_recv(t, r, WcStatus::Success, n as u32, imm);
-            }
-            Done(WcStatus::Success, n as u32)
-        }
-        Err(Fail::Held(mr)) => {
-            if let Some(r) = recv {
-                give_back_recv(t, r);
-            }
-            Outcome::Held(mr)
-        }
-        Err(Fail::Status(s)) if s == Side::Receive.status() => {
-            // The responder's own receive buffer failed (revoked, unmapped): its receive
-            // completes in error and it goes to ERR; the initiator learns REM_OP_ERR.
-            if let Some(r) = &recv {
-                complete_recv(t, r, WcStatus::LocProtErr, 0, None);
-            }
-            responder_error(t, WcStatus::LocProtErr);
-            Done(s, 0)
-        }
-        Err(Fail::Status(s)) => {
-            // The initiator's source or the WRITE's target failed: the receive was not used.
-            // Put back first, so a responder going to ERR flushes it.
-            if let Some(r) = recv {
-                give_back_recv(t, r);
-            }
-            refused(t, s)
-        }
-    }
-}
-
-/// Takes a receive at `t`, or says how to wait (RNR). `rnr_retry` 7 waits for ever (the
-/// poster is told when a receive arrives); fewer retries wait a millisecond each.
-fn take_recv(t: &Arc<QpInner>, rnr_retry: u8) -> Result<RecvWr, Outcome> {
-    for attempt in 0..=u32::from(rnr_retry.min(6)) {
-        if let Some(r) = t.take_recv(&mut t.core.lock()) {
-            return Ok(r);
-        }
-        if rnr_retry == 7 {
-            return Err(Outcome::Rnr(Arc::clone(t)));
-        }
-        if attempt < u32::from(rnr_retry) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    Err(Outcome::Done(WcStatus::RnrRetryExcErr, 0))
 }
 
 /// Puts back a receive taken for a transfer that is held or failed without using it. A
@@ -618,7 +377,7 @@ fn execute(
     cache: &mut MrCache,
 ) -> Outcome {
     match peer {
-        PeerRef::Local(Some(t)) => loopback(qp, wr, t, rnr_retry, cache),
+        PeerRef::Local(Some(t)) => crate::transport::loopback::execute(qp, wr, t, rnr_retry, cache),
         PeerRef::Local(None) => Outcome::Done(WcStatus::RetryExcErr, 0),
         PeerRef::Remote(link) => crate::transport::tcp::send(qp, wr, link),
         PeerRef::None => Outcome::Done(WcStatus::LocQpOpErr, 0),

@@ -383,30 +383,8 @@ impl MrInner {
                     }
                 }
             }
-            let r = match &self.backing {
-                // Entered and found valid with the checks on: the map cannot be swapped before
-                // this transfer leaves, so a snapshot of the current generation is current.
-                Backing::Pinned { map, .. } if checks && snap.is_some() => {
-                    let current = self.map_gen.load(Ordering::SeqCst);
-                    let s = snap.as_deref_mut().expect("matched Some");
-                    let pieces = match s.current(current) {
-                        Some(p) => p,
-                        None => {
-                            let m = map.lock();
-                            let g = self.map_gen.load(Ordering::SeqCst);
-                            s.refresh(&m, g)
-                        }
-                    };
-                    pieces.for_each(b, len, &mut f).ok_or(())
-                }
-                Backing::Pinned { map, .. } => {
-                    let m = Arc::clone(&map.lock());
-                    m.for_each(b, len, &mut f).ok_or(())
-                }
-                Backing::Odp { table, .. } | Backing::File { table, .. } => {
-                    table.for_each(b, len, write, &mut f)
-                }
-            };
+            let snap = if checks { snap.as_deref_mut() } else { None };
+            let r = self.translate(snap, b, len, write, &mut f);
             if checks {
                 self.leave();
             }
@@ -420,6 +398,41 @@ impl MrInner {
             }
         }
         Err(DmaError::Fault("translations kept being invalidated (64 attempts)".into()))
+    }
+
+    /// Runs `f` over the pool segments behind `[b, b + len)` (bytes from the MR's first page),
+    /// the MR entered; `Err(())`: not translated (beyond a pinned MR's pages; an ODP or file
+    /// page invalidated since the fault). `snap` only with the coherence checks on.
+    fn translate<E>(
+        &self,
+        snap: Option<&mut Snapshot>,
+        b: u64,
+        len: u64,
+        write: bool,
+        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Result<Result<(), E>, ()> {
+        match (&self.backing, snap) {
+            // Entered and found valid with the checks on: the map cannot be swapped before
+            // this transfer leaves, so a snapshot of the current generation is current.
+            (Backing::Pinned { map, .. }, Some(s)) => {
+                let current = self.map_gen.load(Ordering::SeqCst);
+                let pieces = match s.current(current) {
+                    Some(p) => p,
+                    None => {
+                        let m = map.lock();
+                        s.refresh(&m, self.map_gen.load(Ordering::SeqCst))
+                    }
+                };
+                pieces.for_each(b, len, f).ok_or(())
+            }
+            (Backing::Pinned { map, .. }, None) => {
+                let m = Arc::clone(&map.lock());
+                m.for_each(b, len, f).ok_or(())
+            }
+            (Backing::Odp { table, .. } | Backing::File { table, .. }, _) => {
+                table.for_each(b, len, write, f)
+            }
+        }
     }
 
     /// ODP / file fault of `pages` (page indices of the MR), the `hmm_range_fault` loop.
