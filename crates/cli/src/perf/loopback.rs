@@ -16,7 +16,7 @@ use crate::limits::PERF_POOL_SLACK;
 use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Watchdog};
 use crate::perf::host::{Buffer, Host};
 use crate::perf::report::{BwRow, LatRow, Reporter, Row, RunInfo};
-use crate::perf::{Params, Test, baseline};
+use crate::perf::{Params, Test, baseline, bw_request};
 
 /// One side: its buffer, QP and CQ.
 struct End<'a> {
@@ -78,14 +78,9 @@ pub(crate) fn run(p: &Params, out: &mut dyn Write) -> Result<(), CliError> {
 
 fn bw(p: &Params, size: u64, client: &End<'_>, server: &End<'_>) -> Result<BwRow, CliError> {
     let name = p.test.name();
-    let (wr, from, to) = if p.test == Test::WriteBw {
-        let wr =
-            SendWr::write(0, client.buf.sge(0, size), server.buf.addr.raw(), server.buf.rkey());
-        (wr, client.buf, server.buf)
-    } else {
-        let wr = SendWr::read(0, client.buf.sge(0, size), server.buf.addr.raw(), server.buf.rkey());
-        (wr, server.buf, client.buf)
-    };
+    let wr = bw_request(p.test, client.buf.sge(0, size), server.buf.addr.raw(), server.buf.rkey());
+    let (from, to) =
+        if p.test == Test::WriteBw { (client.buf, server.buf) } else { (server.buf, client.buf) };
     // The baseline runs before and after the RDMA run; their mean is reported.
     let before = if p.compare { Some(baseline::memcpy(from, to, size, p.iters)?) } else { None };
     let plan = BwPlan { iters: p.iters, tx_depth: p.tx_depth, cq_mod: p.cq_mod };

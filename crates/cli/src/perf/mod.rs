@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use pinwheel::limits::{MAX_MSG, MAX_QP_WR};
+use pinwheel::{Rkey, SendWr, Sge};
 
 use crate::error::CliError;
 use crate::limits::{PERF_CQ_MODERATION, PERF_ITERS_MAX, PERF_SIZE_MAX, PERF_TIMEOUT_MAX_S};
@@ -154,6 +155,16 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= PERF_TIMEOUT_MAX_S => Ok(v),
         _ => Err(format!("{s:?}: the timeout is a number of seconds in (0, {PERF_TIMEOUT_MAX_S}]")),
+    }
+}
+
+/// The work request of a bandwidth test: a WRITE of `sge` to `addr` of `rkey`, or a READ of
+/// it into `sge`.
+pub(crate) fn bw_request(test: Test, sge: Sge, addr: u64, rkey: Rkey) -> SendWr {
+    if test == Test::WriteBw {
+        SendWr::write(0, sge, addr, rkey)
+    } else {
+        SendWr::read(0, sge, addr, rkey)
     }
 }
 

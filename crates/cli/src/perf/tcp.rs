@@ -23,7 +23,7 @@ use crate::limits::{PERF_CTL_SLOTS, PERF_ITERS_MAX, PERF_POOL_SLACK, PERF_SIZE_M
 use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Watchdog};
 use crate::perf::host::{Buffer, Host};
 use crate::perf::report::{BwRow, LatRow, Reporter, Row, RunInfo};
-use crate::perf::{Params, Test, baseline};
+use crate::perf::{Params, Test, baseline, bw_request};
 
 const HELLO_MAGIC: [u8; 4] = *b"PWPF";
 const CTL_MAGIC: [u8; 4] = *b"PWPC";
@@ -281,12 +281,8 @@ pub(crate) fn client(
     let depth = p.tx_depth.max(16);
     let (cq, rcq) = (host.cq(depth as usize + 64)?, host.cq(PERF_CTL_SLOTS as usize + 4)?);
     let init = Host::qp_init(&cq, &rcq, depth, PERF_CTL_SLOTS as u32);
-    let hello = Hello {
-        test: p.test,
-        flags: if p.coherence { 0 } else { NO_COHERENCE },
-        max_size: p.max_size(),
-        baseline_port: 0,
-    };
+    let flags = if p.coherence { 0 } else { NO_COHERENCE };
+    let hello = Hello { test: p.test, flags, max_size: p.max_size(), baseline_port: 0 };
     let (qp, private) = host
         .pd
         .connect(&target, init, Access::all_rw(), &hello.encode(), p.timeout)
@@ -320,63 +316,86 @@ pub(crate) fn client(
     };
     let mut rep = Reporter::new(out, p.json);
     rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
-    let raw_addr = SocketAddr::new(addr.ip(), theirs.baseline_port);
+    let me = Client {
+        p,
+        host: &host,
+        buf: &buf,
+        half,
+        qp: &qp,
+        cq: &cq,
+        ctl: &ctl,
+        raw_addr: SocketAddr::new(addr.ip(), theirs.baseline_port),
+    };
     for &size in &p.sizes {
-        let last = size - 1;
-        if p.test == Test::WriteLat {
+        rep.row(me.round(size)?).map_err(stdout_error)?;
+    }
+    ctl.send(&Ctl::Done)?;
+    rep.end().map_err(stdout_error)
+}
+
+/// The client's side of a session.
+struct Client<'a> {
+    p: &'a Params,
+    host: &'a Host,
+    buf: &'a Buffer,
+    half: u64,
+    qp: &'a QueuePair,
+    cq: &'a CompletionQueue,
+    ctl: &'a Control<'a>,
+    raw_addr: SocketAddr,
+}
+
+impl Client<'_> {
+    /// One raw TCP baseline (MiB/s).
+    fn raw(&self, size: u64) -> Result<f64, CliError> {
+        let p = self.p;
+        self.ctl.send(&Ctl::Baseline { size, iters: p.iters })?;
+        baseline::raw_client(self.raw_addr, p.test == Test::WriteBw, size, p.iters, p.timeout)
+    }
+
+    /// One message size: the baselines (before and after, their mean) and the RDMA run.
+    fn round(&self, size: u64) -> Result<Row, CliError> {
+        let (p, buf, half, last) = (self.p, self.buf, self.half, size - 1);
+        let lat_write = p.test == Test::WriteLat;
+        if lat_write {
             buf.flag(half + last)?.set(0)?;
         }
-        // The raw TCP baseline runs before and after the RDMA run; their mean is reported.
-        let raw = || -> Result<f64, CliError> {
-            ctl.send(&Ctl::Baseline { size, iters: p.iters })?;
-            baseline::raw_client(raw_addr, p.test == Test::WriteBw, size, p.iters, p.timeout)
+        let before = if p.compare { Some(self.raw(size)?) } else { None };
+        let addr = buf.addr.raw() + if lat_write { half } else { 0 };
+        let rkey = buf.rkey().0;
+        self.ctl.send(&Ctl::Round { size, iters: p.iters, addr, rkey })?;
+        let Ctl::Ready { addr: raddr, rkey } = self.ctl.recv(&|| activity(self.host))? else {
+            return Err(peer_error(&self.ctl.peer, "expected READY from the server".into()));
         };
-        let before = if p.compare { Some(raw()?) } else { None };
-        ctl.send(&Ctl::Round {
-            size,
-            iters: p.iters,
-            addr: buf.addr.raw() + if p.test == Test::WriteLat { half } else { 0 },
-            rkey: buf.rkey().0,
-        })?;
-        let Ctl::Ready { addr: raddr, rkey } = ctl.recv(&|| activity(&host))? else {
-            return Err(peer_error(&target, "expected READY from the server".into()));
-        };
-        let rkey = Rkey(rkey);
-        let name = p.test.name();
+        let (name, rkey) = (p.test.name(), Rkey(rkey));
+        let (qp, cq) = (self.qp, self.cq);
         let mut dog = Watchdog::new(p.timeout);
         let mut progress = Progress::new(format!("{name} {size} B"));
-        let row = match p.test {
+        Ok(match p.test {
             Test::WriteBw | Test::ReadBw => {
-                let wr = if p.test == Test::WriteBw {
-                    SendWr::write(0, buf.sge(0, size), raddr, rkey)
-                } else {
-                    SendWr::read(0, buf.sge(0, size), raddr, rkey)
-                };
+                let wr = bw_request(p.test, buf.sge(0, size), raddr, rkey);
                 let plan = BwPlan { iters: p.iters, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
-                let (posted, done) = bench::bw(name, &qp, &cq, wr, plan, &mut dog, &mut progress)?;
+                let (posted, done) = bench::bw(name, qp, cq, wr, plan, &mut dog, &mut progress)?;
                 let base = match before {
-                    Some(b) => Some((b + raw()?) / 2.0),
+                    Some(b) => Some((b + self.raw(size)?) / 2.0),
                     None => None,
                 };
                 Row::Bw(BwRow::new(size, &posted, &done).with_baseline(base))
             }
             Test::ReadLat => {
                 let wr = SendWr::read(0, buf.sge(0, size), raddr, rkey);
-                let s = bench::read_lat(name, &qp, &cq, wr, p.iters, &mut dog, &mut progress)?;
+                let s = bench::read_lat(name, qp, cq, wr, p.iters, &mut dog, &mut progress)?;
                 Row::Lat(LatRow::new(size, s))
             }
             Test::WriteLat => {
                 let (post, poll) = (buf.flag(last)?, buf.flag(half + last)?);
                 let plan = LatPlan { iters: p.iters, post: &post, poll: &poll, client: true };
                 let wr = SendWr::write(0, buf.sge(0, size), raddr, rkey);
-                let s = bench::pingpong(name, &qp, &cq, wr, &plan, &mut dog, &mut progress)?;
+                let s = bench::pingpong(name, qp, cq, wr, &plan, &mut dog, &mut progress)?;
                 Row::Lat(LatRow::new(size, s))
             }
-        };
-        rep.row(row).map_err(stdout_error)?;
+        })
     }
-    ctl.send(&Ctl::Done)?;
-    rep.end().map_err(stdout_error)
 }
 
 /// A failed connection, with what to do about it.
@@ -443,11 +462,26 @@ pub(crate) fn server(p: &Params, port: u16, out: &mut dyn Write) -> Result<(), C
             CliError::verbs("perf", format!("port {port}"), e).with_hint(hint)
         })?;
     let peer = qp.info().peer;
-    let theirs = Hello::decode(&private).map_err(|e| peer_error(&peer, e))?;
+    let theirs = check_client(p, &peer, &private)?;
+    if !p.coherence || theirs.flags & NO_COHERENCE != 0 {
+        host.node.device.set_coherence_checks(false);
+    }
+    let (half, buf_len) = layout(p.test, theirs.max_size);
+    let buf = host.buffer(buf_len, Access::all_rw(), 0x5e)?;
+    let ctl = Control::new(&host, &qp, (&cq, &rcq), peer.clone(), p.timeout)?;
+    let session = Session { p, buf: &buf, half, max_size: theirs.max_size, qp: &qp, cq: &cq };
+    let rounds = session.serve(&ctl, &raw, &|| activity(&host))?;
+    writeln!(out, " served {} to {peer}: {rounds} message size(s)", p.test.name())
+        .map_err(stdout_error)
+}
+
+/// The client's HELLO, checked: the same test, a message size this server can hold.
+fn check_client(p: &Params, peer: &str, private: &[u8]) -> Result<Hello, CliError> {
+    let theirs = Hello::decode(private).map_err(|e| peer_error(peer, e))?;
     if theirs.test != p.test {
         return Err(CliError::invalid(
             "perf",
-            &peer,
+            peer,
             format!(
                 "the client asked for {}, this server runs {}: give both the same test",
                 theirs.test.name(),
@@ -457,41 +491,10 @@ pub(crate) fn server(p: &Params, port: u16, out: &mut dyn Write) -> Result<(), C
     }
     let limit = PERF_SIZE_MAX.min(pinwheel::limits::MAX_MSG);
     if theirs.max_size == 0 || theirs.max_size > limit {
-        return Err(peer_error(
-            &peer,
-            format!("message size {} outside 1..={limit}", theirs.max_size),
-        ));
+        let detail = format!("message size {} outside 1..={limit}", theirs.max_size);
+        return Err(peer_error(peer, detail));
     }
-    if !p.coherence || theirs.flags & NO_COHERENCE != 0 {
-        host.node.device.set_coherence_checks(false);
-    }
-    let (half, buf_len) = layout(p.test, theirs.max_size);
-    let buf = host.buffer(buf_len, Access::all_rw(), 0x5e)?;
-    let ctl = Control::new(&host, &qp, (&cq, &rcq), peer.clone(), p.timeout)?;
-    let session = Session { p, buf: &buf, half, max_size: theirs.max_size, qp: &qp, cq: &cq };
-    let mut rounds = 0u64;
-    loop {
-        match ctl.recv(&|| activity(&host))? {
-            Ctl::Round { size, iters, addr, rkey } => {
-                session.check(size, iters, &peer)?;
-                session.round(&ctl, size, iters, addr, Rkey(rkey))?;
-                rounds += 1;
-            }
-            Ctl::Baseline { size, iters } if p.test.is_bw() => {
-                session.check(size, iters, &peer)?;
-                baseline::raw_serve(&raw, p.test == Test::WriteBw, size, iters, p.timeout)?;
-            }
-            Ctl::Baseline { .. } => {
-                return Err(peer_error(&peer, format!("no baseline for {}", p.test.name())));
-            }
-            Ctl::Done => break,
-            Ctl::Ready { .. } => {
-                return Err(peer_error(&peer, "unexpected READY from the client".into()));
-            }
-        }
-    }
-    writeln!(out, " served {} to {peer}: {rounds} message size(s)", p.test.name())
-        .map_err(stdout_error)
+    Ok(theirs)
 }
 
 /// The server's side of a session.
@@ -505,6 +508,37 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Serves control messages until `Done`; the number of message sizes run.
+    fn serve(
+        &self,
+        ctl: &Control<'_>,
+        raw: &TcpListener,
+        activity: &dyn Fn() -> u64,
+    ) -> Result<u64, CliError> {
+        let (p, peer) = (self.p, &ctl.peer);
+        let mut rounds = 0u64;
+        loop {
+            match ctl.recv(activity)? {
+                Ctl::Round { size, iters, addr, rkey } => {
+                    self.check(size, iters, peer)?;
+                    self.round(ctl, size, iters, addr, Rkey(rkey))?;
+                    rounds += 1;
+                }
+                Ctl::Baseline { size, iters } if p.test.is_bw() => {
+                    self.check(size, iters, peer)?;
+                    baseline::raw_serve(raw, p.test == Test::WriteBw, size, iters, p.timeout)?;
+                }
+                Ctl::Baseline { .. } => {
+                    return Err(peer_error(peer, format!("no baseline for {}", p.test.name())));
+                }
+                Ctl::Done => return Ok(rounds),
+                Ctl::Ready { .. } => {
+                    return Err(peer_error(peer, "unexpected READY from the client".into()));
+                }
+            }
+        }
+    }
+
     fn check(&self, size: u64, iters: u64, peer: &str) -> Result<(), CliError> {
         if size == 0 || size > self.max_size || iters == 0 || iters > PERF_ITERS_MAX {
             return Err(peer_error(
