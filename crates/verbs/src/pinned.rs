@@ -24,8 +24,9 @@ pub(crate) struct Pieces {
 }
 
 impl Pieces {
-    /// Runs `f(pool offset, length)` over the pieces behind `[b, b + len)` (bytes from the
-    /// MR's first page), merging neighbours; `None` if a page of the range is not backed.
+    /// Runs `f(pool offset, length)` over the physically contiguous pieces behind
+    /// `[b, b + len)` (bytes from the MR's first page); `None` if a page of the range is not
+    /// backed.
     pub(crate) fn for_each<E>(
         &self,
         b: u64,

@@ -15,7 +15,7 @@ use crate::error::CliError;
 use crate::limits::PERF_POOL_SLACK;
 use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Watchdog};
 use crate::perf::host::{Buffer, Host};
-use crate::perf::report::{BwRow, LatRow, Reporter, Row, RunInfo};
+use crate::perf::report::{BwRow, LatRow, Reporter, Row};
 use crate::perf::{Params, Test, baseline, bw_request};
 
 /// One side: its buffer, QP and CQ.
@@ -47,22 +47,8 @@ pub(crate) fn run(p: &Params, out: &mut dyn Write) -> Result<(), CliError> {
     cqp.connect_local(&sqp, Access::all_rw()).map_err(verbs)?;
     let client = End { buf: &client_buf, qp: &cqp, cq: &ccq };
     let server = End { buf: &server_buf, qp: &sqp, cq: &scq };
-    let attr = host.node.device.attr();
-    let info = RunInfo {
-        test: p.test.name(),
-        transport: "loopback",
-        server: None,
-        device: attr.name.clone(),
-        connection_type: "RC",
-        tx_depth: p.tx_depth,
-        cq_moderation: p.cq_mod,
-        mtu: attr.active_mtu,
-        coherence_checks: p.coherence,
-        baseline: p
-            .compare
-            .then_some("memcpy between the same two buffers of the pool, one thread"),
-        bw_unit: "MiB/s",
-    };
+    let baseline = "memcpy between the same two buffers of the pool, one thread";
+    let info = p.info(&host.node.device.attr(), "loopback", None, baseline);
     let mut rep = Reporter::new(out, p.json);
     rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
     for &size in &p.sizes {

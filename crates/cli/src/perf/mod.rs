@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use pinwheel::limits::{MAX_MSG, MAX_QP_WR};
-use pinwheel::{Rkey, SendWr, Sge};
+use pinwheel::{DeviceAttr, Rkey, SendWr, Sge};
 
 use crate::error::CliError;
 use crate::limits::{PERF_CQ_MODERATION, PERF_ITERS_MAX, PERF_SIZE_MAX, PERF_TIMEOUT_MAX_S};
+use crate::perf::report::RunInfo;
 use crate::size::parse_size;
 
 /// The tests.
@@ -247,6 +248,30 @@ impl Params {
     /// The largest message of the run.
     pub(crate) fn max_size(&self) -> u64 {
         self.sizes.iter().copied().max().unwrap_or(1)
+    }
+
+    /// What the run reports with its results: over `transport` (to `server`), on the device
+    /// of `attr`, `--compare` measuring against `baseline`.
+    pub(crate) fn info(
+        &self,
+        attr: &DeviceAttr,
+        transport: &'static str,
+        server: Option<String>,
+        baseline: &'static str,
+    ) -> RunInfo {
+        RunInfo {
+            test: self.test.name(),
+            transport,
+            server,
+            device: attr.name.clone(),
+            connection_type: "RC",
+            tx_depth: self.tx_depth,
+            cq_moderation: self.cq_mod,
+            mtu: attr.active_mtu,
+            coherence_checks: self.coherence,
+            baseline: self.compare.then_some(baseline),
+            bw_unit: "MiB/s",
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::error::CliError;
 use crate::limits::{PERF_CTL_SLOTS, PERF_ITERS_MAX, PERF_POOL_SLACK, PERF_SIZE_MAX};
 use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Watchdog};
 use crate::perf::host::{Buffer, Host};
-use crate::perf::report::{BwRow, LatRow, Reporter, Row, RunInfo};
+use crate::perf::report::{BwRow, LatRow, Reporter, Row};
 use crate::perf::{Params, Test, baseline, bw_request};
 
 const HELLO_MAGIC: [u8; 4] = *b"PWPF";
@@ -300,20 +300,8 @@ pub(crate) fn client(
         ));
     }
     let ctl = Control::new(&host, &qp, (&cq, &rcq), target.clone(), p.timeout)?;
-    let attr = host.node.device.attr();
-    let info = RunInfo {
-        test: p.test.name(),
-        transport: "tcp",
-        server: Some(target.clone()),
-        device: attr.name.clone(),
-        connection_type: "RC",
-        tx_depth: p.tx_depth,
-        cq_moderation: p.cq_mod,
-        mtu: attr.active_mtu,
-        coherence_checks: p.coherence,
-        baseline: p.compare.then_some("a plain TCP stream between the same two processes"),
-        bw_unit: "MiB/s",
-    };
+    let baseline = "a plain TCP stream between the same two processes";
+    let info = p.info(&host.node.device.attr(), "tcp", Some(target.clone()), baseline);
     let mut rep = Reporter::new(out, p.json);
     rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
     let me = Client {
