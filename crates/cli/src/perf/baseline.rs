@@ -32,6 +32,20 @@ pub(crate) fn memcpy(src: &Buffer, dst: &Buffer, size: u64, iters: u64) -> Resul
     Ok(rate(size, iters, t0.elapsed().as_secs_f64()))
 }
 
+/// A message buffer of `size` bytes of `fill`; `ENOMEM` (not an abort) if it cannot be had.
+fn message(size: u64, fill: u8) -> Result<Vec<u8>, CliError> {
+    let n = usize::try_from(size).unwrap_or(usize::MAX);
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| CliError::Refused {
+        op: "perf",
+        target: format!("-s {size}"),
+        errno: Errno::ENOMEM,
+        detail: "no memory for the raw TCP baseline's message buffer".into(),
+    })?;
+    v.resize(n, fill);
+    Ok(v)
+}
+
 fn io_error(what: &str, target: String) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     move |e| CliError::Io {
         op: "perf",
@@ -63,7 +77,7 @@ pub(crate) fn raw_client(
     let s =
         TcpStream::connect_timeout(&addr, timeout).map_err(io_error("connect", target.clone()))?;
     setup(&s, timeout, &target)?;
-    let mut buf = vec![0xa5u8; size as usize];
+    let mut buf = message(size, 0xa5)?;
     let mut one = [1u8];
     let t0 = Instant::now();
     if to_server {
@@ -110,7 +124,7 @@ pub(crate) fn raw_serve(
     };
     s.set_nonblocking(false).map_err(io_error("accept", target.clone()))?;
     setup(&s, timeout, &target)?;
-    let mut buf = vec![0x5au8; size as usize];
+    let mut buf = message(size, 0x5a)?;
     let mut one = [1u8];
     if from_client {
         for _ in 0..iters {

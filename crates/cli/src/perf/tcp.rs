@@ -211,8 +211,8 @@ impl<'a> Control<'a> {
                 let mut b = [0u8; CTL_LEN as usize];
                 self.buf.read(wc.wr_id * CTL_LEN, &mut b)?;
                 self.post_recv(wc.wr_id)?;
-                return Ctl::decode(&b[..wc.byte_len as usize])
-                    .map_err(|e| peer_error(&self.peer, e));
+                let n = (wc.byte_len as usize).min(b.len());
+                return Ctl::decode(&b[..n]).map_err(|e| peer_error(&self.peer, e));
             }
             let now = Instant::now();
             let a = activity();
