@@ -88,6 +88,10 @@ errnos! {
     ENOTCONN = ENOTCONN, "Transport endpoint is not connected";
     ETIMEDOUT = ETIMEDOUT, "Connection timed out";
     ECONNREFUSED = ECONNREFUSED, "Connection refused";
+    EADDRINUSE = EADDRINUSE, "Address already in use";
+    EADDRNOTAVAIL = EADDRNOTAVAIL, "Cannot assign requested address";
+    ENETUNREACH = ENETUNREACH, "Network is unreachable";
+    EHOSTUNREACH = EHOSTUNREACH, "No route to host";
     ECANCELED = ECANCELED, "Operation canceled";
     ESTALE = ESTALE, "Stale file handle";
     EUCLEAN = EUCLEAN, "Structure needs cleaning";
