@@ -6,6 +6,8 @@
 use std::fmt;
 use std::io;
 
+use pinwheel::VerbsError;
+use pinwheel::node::NodeError;
 use pinwheel_fs::FsError;
 use pinwheel_mm::{Errno, MmError};
 
@@ -22,6 +24,18 @@ pub enum CliError {
         error: FsError,
         /// A better explanation than the error's own text, when the tool could find one (which
         /// component of a path is missing, what to run next).
+        hint: Option<String>,
+    },
+    /// A verbs operation of the software RDMA device failed (registration, connection setup,
+    /// a queue pair).
+    Verbs {
+        /// The operation (`perf`, `devinfo`, ...).
+        op: &'static str,
+        /// What it acted on (a test, a server address).
+        target: String,
+        /// What the device answered (boxed: it is large, and errors travel in every `Result`).
+        error: Box<VerbsError>,
+        /// What to do about it, when the tool knows better than the error's own text.
         hint: Option<String>,
     },
     /// Opening, creating or mapping the pool failed.
@@ -94,6 +108,21 @@ impl CliError {
         CliError::Io { op, path: path.into(), what: what.into(), error }
     }
 
+    /// A verbs error of `op` on `target`.
+    pub fn verbs(op: &'static str, target: impl Into<String>, error: VerbsError) -> CliError {
+        CliError::Verbs { op, target: target.into(), error: Box::new(error), hint: None }
+    }
+
+    /// Building a node (pool, filesystem, device) for `op` failed.
+    pub fn node(op: &'static str, target: impl Into<String>, error: NodeError) -> CliError {
+        match error {
+            NodeError::Pool(error) => CliError::Pool { op, path: target.into(), error },
+            NodeError::Fs(error) => {
+                CliError::Fs { op, paths: vec![target.into()], error, hint: None }
+            }
+        }
+    }
+
     /// An `EINVAL` refusal.
     pub fn invalid(
         op: &'static str,
@@ -105,7 +134,7 @@ impl CliError {
 
     /// Adds a hint (replacing the error's own text as the detail).
     pub fn with_hint(mut self, new: Option<String>) -> CliError {
-        if let CliError::Fs { hint, .. } = &mut self
+        if let CliError::Fs { hint, .. } | CliError::Verbs { hint, .. } = &mut self
             && new.is_some()
         {
             *hint = new;
@@ -117,6 +146,7 @@ impl CliError {
     pub fn errno(&self) -> Errno {
         match self {
             CliError::Fs { error, .. } => error.errno(),
+            CliError::Verbs { error, .. } => error.errno(),
             CliError::Pool { error, .. } => error.errno(),
             CliError::Io { error, .. } => Errno::from(error),
             CliError::Refused { errno, .. } => *errno,
@@ -132,6 +162,7 @@ impl CliError {
     fn op(&self) -> &str {
         match self {
             CliError::Fs { op, .. }
+            | CliError::Verbs { op, .. }
             | CliError::Pool { op, .. }
             | CliError::Io { op, .. }
             | CliError::Refused { op, .. } => op,
@@ -145,7 +176,7 @@ impl CliError {
             CliError::Pool { path, .. }
             | CliError::Io { path, .. }
             | CliError::Damaged { path, .. } => path.clone(),
-            CliError::Refused { target, .. } => target.clone(),
+            CliError::Refused { target, .. } | CliError::Verbs { target, .. } => target.clone(),
         }
     }
 
@@ -156,6 +187,14 @@ impl CliError {
                 strip_name(m, paths).to_string()
             }
             CliError::Fs { paths, error, .. } => strip_name(&error.to_string(), paths).to_string(),
+            CliError::Verbs { hint: Some(h), .. } => h.clone(),
+            // The transport's text repeats the errno: keep what failed.
+            CliError::Verbs { target, error, .. } => match &**error {
+                VerbsError::Transport { what, .. } => {
+                    strip_name(what, std::slice::from_ref(target)).to_string()
+                }
+                e => strip_name(&e.to_string(), std::slice::from_ref(target)).to_string(),
+            },
             CliError::Pool { path, error, .. } => match error {
                 MmError::PoolSetup { what, .. } => format!("{what} of the pool file failed"),
                 MmError::InvalidArgument(m) => {
@@ -201,6 +240,22 @@ mod tests {
     }
 
     #[test]
+    fn error_verbs_transport_names_what_failed_once() {
+        let e = CliError::verbs(
+            "perf",
+            "10.0.0.1:18515",
+            VerbsError::Transport {
+                what: "connect 10.0.0.1:18515".into(),
+                errno: Errno::ECONNREFUSED,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "perf 10.0.0.1:18515: Connection refused (ECONNREFUSED): connect 10.0.0.1:18515"
+        );
+    }
+
+    #[test]
     fn error_errno_table() {
         let io = || io::Error::from_raw_os_error(Errno::ENOENT.code());
         let t: Vec<(CliError, Errno)> = vec![
@@ -211,6 +266,17 @@ mod tests {
             ),
             (CliError::io("read", "f", "open", io()), Errno::ENOENT),
             (CliError::invalid("write", "/f", "x"), Errno::EINVAL),
+            (
+                CliError::verbs(
+                    "perf",
+                    "h:1",
+                    VerbsError::Transport {
+                        what: "connect h:1".into(),
+                        errno: Errno::ECONNREFUSED,
+                    },
+                ),
+                Errno::ECONNREFUSED,
+            ),
             (CliError::Damaged { path: "p".into(), errors: 1 }, Errno::EUCLEAN),
         ];
         for (e, want) in t {

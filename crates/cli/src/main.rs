@@ -1,8 +1,8 @@
 //! `pinwheel`: the command-line tool (the part of rdma-core's tools and util-linux in
 //! DESIGN.md). Glue only: it parses the command line, hands each top-level subcommand to its
-//! module (`mkfs_cmd`, `fs_cmd`; later `demo`, `serve`, `perf`, `devinfo`, `pins`, ... as
-//! siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>): <detail>` and
-//! maps them to exit statuses. Everything else lives in the library crates.
+//! module (`demo_cmd`, `mkfs_cmd`, `fs_cmd`, `devinfo_cmd`, `perf`; later `serve`, `pins`,
+//! ... as siblings), prints errors as `pinwheel: <op> <target>: <strerror> (<ERRNAME>):
+//! <detail>` and maps them to exit statuses. Everything else lives in the library crates.
 //!
 //! Exit statuses: 0 success; 1 the operation failed; 2 the command line is wrong (clap);
 //! 4 fsck found damage. No user input (bad sizes, missing or foreign files, a damaged image)
@@ -11,12 +11,14 @@
 #![forbid(unsafe_code)]
 
 mod demo_cmd;
+mod devinfo_cmd;
 mod error;
 mod fs_cmd;
 mod image;
 mod limits;
 mod mkfs_cmd;
 mod output;
+mod perf;
 mod size;
 
 use std::io::{self, BufWriter, Write};
@@ -76,6 +78,23 @@ enum Command {
     /// the image, so a damaged image is refused with EUCLEAN; fsck reads it raw and reports
     /// what is wrong.
     Fs(fs_cmd::FsArgs),
+    /// Print the attributes of the software RDMA device, as `ibv_devinfo` does.
+    ///
+    /// Opens the device of a fresh node (a new memfd pool and its filesystem) and prints its
+    /// name (hca_id), transport, firmware version, GUIDs, vendor ids and port 1 (state, MTU,
+    /// link layer). `-v` adds the device's limits (max_mr_size, max_qp, max_qp_wr, max_sge,
+    /// max_cq, max_cqe, max_mr, max_pd, max_qp_rd_atom, atomic_cap, max_srq...) and its ODP
+    /// capabilities: general ones and per transport (RC: SEND, RECV, WRITE, READ, ATOMIC,
+    /// SRQ_RECV; the other transports do not exist here).
+    Devinfo(devinfo_cmd::DevinfoArgs),
+    /// Measure the software RDMA device as perftest does (ib_write_bw, ib_read_bw,
+    /// ib_write_lat, ib_read_lat).
+    ///
+    /// Without SERVER_ADDR: the server. It listens on -p (default 18515), prints the port it
+    /// waits on, serves one client and exits; it holds the MR the client writes and reads.
+    /// With SERVER_ADDR: the client, which drives the run and prints the results. --loopback
+    /// runs both sides in this process over two QPs of one device, without TCP.
+    Perf(perf::PerfArgs),
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
@@ -84,6 +103,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
         Command::DemoClient(a) => demo_cmd::run_client(a),
         Command::Mkfs(a) => mkfs_cmd::run(a, out),
         Command::Fs(a) => fs_cmd::run(a, out),
+        Command::Devinfo(a) => devinfo_cmd::run(a, out),
+        Command::Perf(a) => perf::run(a, out),
     }
 }
 

@@ -89,6 +89,9 @@ errnos! {
     ETIMEDOUT = ETIMEDOUT, "Connection timed out";
     ECONNREFUSED = ECONNREFUSED, "Connection refused";
     EADDRINUSE = EADDRINUSE, "Address already in use";
+    EADDRNOTAVAIL = EADDRNOTAVAIL, "Cannot assign requested address";
+    ENETUNREACH = ENETUNREACH, "Network is unreachable";
+    EHOSTUNREACH = EHOSTUNREACH, "No route to host";
     ECANCELED = ECANCELED, "Operation canceled";
     ESTALE = ESTALE, "Stale file handle";
     EUCLEAN = EUCLEAN, "Structure needs cleaning";

@@ -35,8 +35,14 @@ pub struct DeviceAttr {
     pub fw_ver: String,
     /// Node GUID.
     pub node_guid: u64,
+    /// System image GUID: the node's, as for any single-device node (rxe does the same).
+    pub sys_image_guid: u64,
     /// Vendor id (none: a software device).
     pub vendor_id: u32,
+    /// Vendor part id (none).
+    pub vendor_part_id: u32,
+    /// Hardware version (none).
+    pub hw_ver: u32,
     /// Largest MR.
     pub max_mr_size: u64,
     /// Supported page sizes (bitmask).
@@ -59,20 +65,35 @@ pub struct DeviceAttr {
     pub max_qp_rd_atom: u32,
     /// SRQs.
     pub max_srq: u32,
+    /// Receives per SRQ.
+    pub max_srq_wr: u32,
+    /// SGEs per SRQ receive.
+    pub max_srq_sge: u32,
+    /// Entries of the port's P_Key table.
+    pub max_pkeys: u16,
     /// Inline data per send.
     pub max_inline_data: u32,
     /// Largest message.
     pub max_msg_sz: u64,
     /// `ATOMIC_HCA`: atomics are atomic with respect to everything on the node.
     pub atomic_cap: &'static str,
+    /// General ODP capabilities (`IBV_ODP_SUPPORT*` without the prefix): explicit ODP only,
+    /// an ODP MR names a range (no implicit whole-address-space MR).
+    pub odp_general_caps: Vec<&'static str>,
     /// ODP support for RC: the operations that may target ODP MRs.
     pub odp_rc_caps: Vec<&'static str>,
     /// Whether MR de-coherence and `restore_mr` are supported (pinwheel's extension).
     pub restore_mr: bool,
     /// Physical ports.
     pub phys_port_cnt: u8,
+    /// Port state (`IBV_PORT_*` without the prefix): a software port is always up.
+    pub port_state: &'static str,
+    /// Largest path MTU a QP may use (bytes).
+    pub max_mtu: u32,
     /// Port MTU (bytes).
     pub active_mtu: u32,
+    /// What carries the port's traffic: QPs of the node among themselves, TCP to others.
+    pub link_layer: &'static str,
     /// Transport name.
     pub transport: &'static str,
 }
@@ -281,7 +302,10 @@ impl Device {
             name: self.0.name.clone(),
             fw_ver: format!("pinwheel {}", env!("CARGO_PKG_VERSION")),
             node_guid: self.0.guid,
+            sys_image_guid: self.0.guid,
             vendor_id: 0,
+            vendor_part_id: 0,
+            hw_ver: 0,
             max_mr_size: MAX_MR_SIZE,
             page_size_cap: PAGE_SIZE | pinwheel_mm::HUGE_PAGE_SIZE,
             max_qp: MAX_QP,
@@ -293,13 +317,20 @@ impl Device {
             max_pd: MAX_PD,
             max_qp_rd_atom: MAX_RD_ATOMIC,
             max_srq: MAX_SRQ,
+            max_srq_wr: MAX_QP_WR,
+            max_srq_sge: MAX_SGE,
+            max_pkeys: PKEY_TABLE_LEN,
             max_inline_data: MAX_INLINE,
             max_msg_sz: MAX_MSG,
             atomic_cap: "ATOMIC_HCA",
+            odp_general_caps: vec!["ODP_SUPPORT"],
             odp_rc_caps: vec!["SEND", "RECV", "WRITE", "READ", "ATOMIC", "SRQ_RECV"],
             restore_mr: true,
             phys_port_cnt: PHYS_PORTS,
+            port_state: "PORT_ACTIVE",
+            max_mtu: 4096,
             active_mtu: 4096,
+            link_layer: "loopback, TCP",
             transport: "pinwheel (loopback, TCP)",
         }
     }
@@ -339,17 +370,19 @@ impl Device {
     }
 
     /// Bytes moved and operations executed by this node's engine: (written, read, ops, held,
-    /// errors, ODP faults).
+    /// errors, ODP faults). Loopback work is counted per QP (`qp::Moved`) and added up here;
+    /// a QP being destroyed at this moment may be missing from one reading.
     pub fn counters(&self) -> (u64, u64, u64, u64, u64, u64) {
         let c = &self.0.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        (
-            l(&c.bytes_written),
-            l(&c.bytes_read),
-            l(&c.ops),
-            l(&c.held),
-            l(&c.errors),
-            l(&c.odp_faults),
-        )
+        let qps: Vec<Arc<QpInner>> = self.0.qps.read().values().filter_map(Weak::upgrade).collect();
+        let (mut written, mut read, mut ops) = (l(&c.bytes_written), l(&c.bytes_read), l(&c.ops));
+        for q in qps {
+            let m = q.core.lock().moved;
+            written += m.bytes_written;
+            read += m.bytes_read;
+            ops += m.ops;
+        }
+        (written, read, ops, l(&c.held), l(&c.errors), l(&c.odp_faults))
     }
 }

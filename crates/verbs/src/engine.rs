@@ -2,8 +2,10 @@
 //!
 //! Who executes: for a peer QP on this node (loopback) the poster's thread does the transfer
 //! itself (kernel bypass: a one-sided write is a copy into memory the initiator can reach),
-//! after checking the target MR; for a remote peer the request goes on the connection and the
-//! remote node's engine executes it against its pool (`transport::tcp`).
+//! after checking the target MR (`transport::loopback`); for a remote peer the request goes
+//! on the connection and the remote node's engine executes it against its pool
+//! (`transport::tcp`). This module holds what both share: the spans of a request, the checks,
+//! the copies, completions, and the send queue's executor.
 //!
 //! Every access is checked in this order: key → PD → access flags → MR state → bounds; a
 //! violation completes with the matching status and moves the QP to ERR; nothing outside an
@@ -12,15 +14,23 @@
 //!
 //! Only one thread executes a QP at a time (`executing`); others just enqueue. The executor
 //! never holds a QP lock while moving bytes.
+//!
+//! The per-request cost matters (a 64 KiB loopback WRITE is a ~0.5 µs copy): a request posted
+//! to an idle QP runs in place from the poster's slice (no copy of the request), one critical
+//! section separates two requests, and the common loopback WRITE/READ finds its MRs through
+//! the executor's cache and translates them through snapshots (`mr_cache.rs`, `pinned.rs`),
+//! with every check of the general path.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
+use parking_lot::MutexGuard;
 use pinwheel_mm::{MmError, PoolOffset};
 
 use crate::mr::{DmaError, MrInner};
-use crate::qp::{Peer, QpCore, QpInner};
+use crate::mr_cache::MrCache;
+use crate::pinned::Snapshot;
+use crate::qp::{PeerRef, QpCore, QpInner};
 use crate::types::{Access, Opcode, QpState, Qpn, WcStatus};
 use crate::wr::{RecvWr, SendWr, Sge, WcOpcode, WorkCompletion};
 
@@ -53,7 +63,7 @@ pub(crate) enum Side {
 
 impl Side {
     /// The initiator's status when this side's buffer cannot be used.
-    fn status(self) -> WcStatus {
+    pub(crate) fn status(self) -> WcStatus {
         match self {
             Side::Initiator => WcStatus::LocProtErr,
             Side::Target => WcStatus::RemAccessErr,
@@ -73,6 +83,32 @@ impl Span {
         match self {
             Span::Mr { len, .. } => *len,
             Span::Bytes(b) => b.len() as u64,
+        }
+    }
+}
+
+/// The spans of one side of a work request: the usual single one without an allocation, or
+/// several.
+pub(crate) enum Spans {
+    One(Span),
+    Many(Vec<Span>),
+}
+
+impl std::ops::Deref for Spans {
+    type Target = [Span];
+    fn deref(&self) -> &[Span] {
+        match self {
+            Spans::One(s) => std::slice::from_ref(s),
+            Spans::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Spans {
+    fn deref_mut(&mut self) -> &mut [Span] {
+        match self {
+            Spans::One(s) => std::slice::from_mut(s),
+            Spans::Many(v) => v,
         }
     }
 }
@@ -98,6 +134,18 @@ fn map_dma<E>(e: DmaError<E>, mr: &Arc<MrInner>, side: Side, copy: impl FnOnce(E
 /// Resolves a local SGE: key → PD → access → bounds (state is checked on access).
 pub(crate) fn local_span(qp: &QpInner, sge: &Sge, need_write: bool) -> Result<Span, WcStatus> {
     let mr = qp.dev().mrs.get(sge.lkey.0).ok_or(WcStatus::LocProtErr)?;
+    let off = check_local(qp, &mr, sge, need_write)?;
+    Ok(Span::Mr { mr, off, len: u64::from(sge.length), side: Side::Initiator })
+}
+
+/// The checks of a local SGE against the MR its key named: PD → access → bounds. The offset
+/// in the MR.
+pub(crate) fn check_local(
+    qp: &QpInner,
+    mr: &MrInner,
+    sge: &Sge,
+    need_write: bool,
+) -> Result<u64, WcStatus> {
     if !Arc::ptr_eq(&mr.pd, &qp.pd) {
         return Err(WcStatus::LocProtErr);
     }
@@ -108,18 +156,26 @@ pub(crate) fn local_span(qp: &QpInner, sge: &Sge, need_write: bool) -> Result<Sp
     if off.checked_add(u64::from(sge.length)).is_none_or(|e| e > mr.len) {
         return Err(WcStatus::LocProtErr);
     }
-    Ok(Span::Mr { mr, off, len: u64::from(sge.length), side: Side::Initiator })
+    Ok(off)
 }
 
-fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Result<Vec<Span>, WcStatus> {
-    sges.iter().filter(|s| s.length > 0).map(|s| local_span(qp, s, need_write)).collect()
+pub(crate) fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Result<Spans, WcStatus> {
+    match sges {
+        [one] if one.length > 0 => Ok(Spans::One(local_span(qp, one, need_write)?)),
+        _ => sges
+            .iter()
+            .filter(|s| s.length > 0)
+            .map(|s| local_span(qp, s, need_write))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Spans::Many),
+    }
 }
 
 /// Resolves the buffers of a receive at the responder `t` (`Err`: `LOC_PROT_ERR`, the
 /// receive's status).
-pub(crate) fn recv_spans(t: &QpInner, r: &RecvWr) -> Result<Vec<Span>, WcStatus> {
+pub(crate) fn recv_spans(t: &QpInner, r: &RecvWr) -> Result<Spans, WcStatus> {
     let mut spans = local_spans(t, &r.sg_list, true)?;
-    for s in &mut spans {
+    for s in spans.iter_mut() {
         if let Span::Mr { side, .. } = s {
             *side = Side::Receive;
         }
@@ -138,6 +194,20 @@ pub(crate) fn remote_span(
     need: Access,
 ) -> Result<Span, WcStatus> {
     let mr = target.dev().mrs.get(rkey).ok_or(WcStatus::RemAccessErr)?;
+    let off = check_remote(target, qp_access, &mr, addr, len, need)?;
+    Ok(Span::Mr { mr, off, len, side: Side::Target })
+}
+
+/// The checks of a remote access against the MR its rkey named: PD → access (MR and QP) →
+/// bounds. The offset in the MR.
+pub(crate) fn check_remote(
+    target: &QpInner,
+    qp_access: Access,
+    mr: &MrInner,
+    addr: u64,
+    len: u64,
+    need: Access,
+) -> Result<u64, WcStatus> {
     if !Arc::ptr_eq(&mr.pd, &target.pd) {
         return Err(WcStatus::RemAccessErr);
     }
@@ -148,7 +218,7 @@ pub(crate) fn remote_span(
     if off.checked_add(len).is_none_or(|e| e > mr.len) {
         return Err(WcStatus::RemAccessErr);
     }
-    Ok(Span::Mr { mr, off, len, side: Side::Target })
+    Ok(off)
 }
 
 /// Copies `n` bytes from `src` at `soff` to `dst` at `doff` (both spans), entering both MRs.
@@ -156,9 +226,9 @@ fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<()
     let Span::Mr { mr: dmr, off: dbase, side: dside, .. } = dst else {
         return Err(Fail::Status(WcStatus::GeneralErr));
     };
-    let pool = dmr.dev().mem.pool();
     match src {
         Span::Bytes(b) => {
+            let pool = dmr.dev().mem.pool();
             let mut cur = soff as usize;
             dmr.dma(dbase + doff, n, true, |p, l| {
                 let r = pool.write(p, &b[cur..cur + l as usize]);
@@ -167,23 +237,39 @@ fn copy_chunk(src: &Span, soff: u64, dst: &Span, doff: u64, n: u64) -> Result<()
             })
             .map_err(|e| map_dma(e, dmr, *dside, |_| Fail::Status(WcStatus::GeneralErr)))
         }
-        Span::Mr { mr: smr, off: sbase, side: sside, .. } => {
-            let mut dcur = dbase + doff;
-            smr.dma(sbase + soff, n, false, |sp, sl| {
-                let mut scur = sp.raw();
-                let r = dmr.dma(dcur, sl, true, |dp, dl| {
-                    let r = pool.copy(PoolOffset::new(scur), dp, dl);
-                    scur += dl;
-                    r
-                });
-                dcur += sl;
-                r.map_err(|e| {
-                    map_dma(e, dmr, *dside, |_: MmError| Fail::Status(WcStatus::GeneralErr))
-                })
-            })
-            .map_err(|e| map_dma(e, smr, *sside, |f| f))
-        }
+        Span::Mr { mr: smr, off: sbase, side: sside, .. } => copy_between(
+            Part { mr: smr, off: sbase + soff, side: *sside, snap: None },
+            Part { mr: dmr, off: dbase + doff, side: *dside, snap: None },
+            n,
+        ),
     }
+}
+
+/// One MR's side of a copy: from byte `off`, translated through `snap` if given.
+pub(crate) struct Part<'a> {
+    pub(crate) mr: &'a Arc<MrInner>,
+    pub(crate) off: u64,
+    pub(crate) side: Side,
+    pub(crate) snap: Option<&'a mut Snapshot>,
+}
+
+/// Copies `n` bytes between two MRs of this node, entering both.
+pub(crate) fn copy_between(src: Part<'_>, dst: Part<'_>, n: u64) -> Result<(), Fail> {
+    let pool = dst.mr.dev().mem.pool();
+    let (dmr, dside, mut dsnap) = (dst.mr, dst.side, dst.snap);
+    let mut dcur = dst.off;
+    src.mr
+        .dma_in(src.snap, src.off, n, false, |sp, sl| {
+            let mut scur = sp.raw();
+            let r = dmr.dma_in(dsnap.as_deref_mut(), dcur, sl, true, |dp, dl| {
+                let r = pool.copy(PoolOffset::new(scur), dp, dl);
+                scur += dl;
+                r
+            });
+            dcur += sl;
+            r.map_err(|e| map_dma(e, dmr, dside, |_: MmError| Fail::Status(WcStatus::GeneralErr)))
+        })
+        .map_err(|e| map_dma(e, src.mr, src.side, |f| f))
 }
 
 /// Copies the bytes of `src` spans into `dst` spans, in order. Returns the bytes copied.
@@ -233,13 +319,6 @@ pub(crate) fn store_u64(dst: &Span, v: u64) -> Result<(), Fail> {
     copy_chunk(&Span::Bytes(v.to_le_bytes().to_vec()), 0, dst, 0, 8)
 }
 
-fn source(qp: &QpInner, wr: &SendWr) -> Result<Vec<Span>, WcStatus> {
-    match &wr.inline_data {
-        Some(d) => Ok(vec![Span::Bytes(d.clone())]),
-        None => local_spans(qp, &wr.sg_list, false),
-    }
-}
-
 /// Marks the responder QP broken by a request it could not serve (IB: the responder enters
 /// ERR on an access violation and raises `QP_ACCESS_ERR`).
 pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
@@ -252,194 +331,6 @@ pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
             format!("QP {:#x}: incoming request failed: {}", target.qpn, status.name()),
         );
     }
-}
-
-/// The responder `t` refused a request: remote access and invalid request errors break it.
-fn refused(t: &QpInner, status: WcStatus) -> Outcome {
-    if status == WcStatus::RemAccessErr || status == WcStatus::RemInvReqErr {
-        responder_error(t, status);
-    }
-    Outcome::Done(status, 0)
-}
-
-fn loopback(qp: &Arc<QpInner>, wr: &SendWr, t: &Arc<QpInner>, rnr_retry: u8) -> Outcome {
-    use Outcome::Done;
-    let (t_state, t_access) = {
-        let c = t.core.lock();
-        (c.state, c.attr.qp_access_flags)
-    };
-    if !matches!(t_state, QpState::Rtr | QpState::Rts | QpState::Sqd) {
-        return Done(WcStatus::RetryExcErr, 0);
-    }
-    let len = wr.length();
-    if len > crate::limits::MAX_MSG {
-        return Done(WcStatus::LocLenErr, 0);
-    }
-    let fail = |f: Fail| match f {
-        Fail::Held(mr) => Outcome::Held(mr),
-        Fail::Status(s) => refused(t, s),
-    };
-    let dev = qp.dev();
-    match wr.opcode {
-        Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
-            transfer(qp, wr, t, t_access, rnr_retry)
-        }
-        Opcode::Read => {
-            let dst = match local_spans(qp, &wr.sg_list, true) {
-                Ok(s) => s,
-                Err(s) => return Done(s, 0),
-            };
-            let src =
-                match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_READ)
-                {
-                    Ok(s) => s,
-                    Err(s) => return refused(t, s),
-                };
-            match copy_spans(&[src], &dst) {
-                Ok(n) => {
-                    dev.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
-                    Done(WcStatus::Success, n as u32)
-                }
-                Err(f) => fail(f),
-            }
-        }
-        Opcode::CompareSwap | Opcode::FetchAdd => {
-            if wr.sg_list.len() != 1 || wr.sg_list[0].length != 8 {
-                return Done(WcStatus::LocLenErr, 0);
-            }
-            if !wr.remote_addr.is_multiple_of(8) {
-                return refused(t, WcStatus::RemInvReqErr);
-            }
-            let dst = match local_span(qp, &wr.sg_list[0], true) {
-                Ok(s) => s,
-                Err(s) => return Done(s, 0),
-            };
-            let tgt =
-                match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, 8, Access::REMOTE_ATOMIC)
-                {
-                    Ok(s) => s,
-                    Err(s) => return refused(t, s),
-                };
-            let old = match atomic(&tgt, wr.opcode, wr.compare_add, wr.swap) {
-                Ok(v) => v,
-                Err(f) => return fail(f),
-            };
-            match store_u64(&dst, old) {
-                Ok(()) => Done(WcStatus::Success, 8),
-                Err(f) => fail(f),
-            }
-        }
-    }
-}
-
-/// WRITE, WRITE_WITH_IMM, SEND and SEND_WITH_IMM to the responder `t` of this node.
-///
-/// Every check that can refuse the request comes before a receive is taken (the responder
-/// validates the rkey before it consumes a receive WQE, as rxe_resp.c does), and a receive
-/// taken for a transfer that then fails for a reason other than its own buffer goes back to
-/// the head of its queue: every receive completes exactly once, successfully, in error or
-/// flushed.
-fn transfer(
-    qp: &Arc<QpInner>,
-    wr: &SendWr,
-    t: &Arc<QpInner>,
-    t_access: Access,
-    rnr_retry: u8,
-) -> Outcome {
-    use Outcome::Done;
-    let len = wr.length();
-    let src = match source(qp, wr) {
-        Ok(s) => s,
-        Err(s) => return Done(s, 0),
-    };
-    let target = match wr.opcode {
-        Opcode::Write | Opcode::WriteWithImm => {
-            match remote_span(t, t_access, wr.rkey.0, wr.remote_addr, len, Access::REMOTE_WRITE) {
-                Ok(s) => Some(s),
-                Err(s) => return refused(t, s),
-            }
-        }
-        _ => None,
-    };
-    let recv = if wr.opcode.consumes_recv() {
-        match take_recv(t, rnr_retry) {
-            Ok(r) => Some(r),
-            Err(o) => return o,
-        }
-    } else {
-        None
-    };
-    let dst = match (target, &recv) {
-        (Some(s), _) => vec![s],
-        (None, Some(r)) => {
-            let cap: u64 = r.sg_list.iter().map(|s| u64::from(s.length)).sum();
-            if cap < len {
-                complete_recv(t, r, WcStatus::LocLenErr, 0, None);
-                responder_error(t, WcStatus::LocLenErr);
-                return Done(WcStatus::RemInvReqErr, 0);
-            }
-            match recv_spans(t, r) {
-                Ok(s) => s,
-                Err(s) => {
-                    complete_recv(t, r, s, 0, None);
-                    responder_error(t, s);
-                    return Done(WcStatus::RemOpErr, 0);
-                }
-            }
-        }
-        (None, None) => return Done(WcStatus::GeneralErr, 0),
-    };
-    match copy_spans(&src, &dst) {
-        Ok(n) => {
-            qp.dev().counters.bytes_written.fetch_add(n, Ordering::Relaxed);
-            if let Some(r) = &recv {
-                let imm = matches!(wr.opcode, Opcode::WriteWithImm | Opcode::SendWithImm)
-                    .then_some((wr.imm, wr.opcode == Opcode::WriteWithImm));
-                complete_recv(t, r, WcStatus::Success, n as u32, imm);
-            }
-            Done(WcStatus::Success, n as u32)
-        }
-        Err(Fail::Held(mr)) => {
-            if let Some(r) = recv {
-                give_back_recv(t, r);
-            }
-            Outcome::Held(mr)
-        }
-        Err(Fail::Status(s)) if s == Side::Receive.status() => {
-            // The responder's own receive buffer failed (revoked, unmapped): its receive
-            // completes in error and it goes to ERR; the initiator learns REM_OP_ERR.
-            if let Some(r) = &recv {
-                complete_recv(t, r, WcStatus::LocProtErr, 0, None);
-            }
-            responder_error(t, WcStatus::LocProtErr);
-            Done(s, 0)
-        }
-        Err(Fail::Status(s)) => {
-            // The initiator's source or the WRITE's target failed: the receive was not used.
-            // Put back first, so a responder going to ERR flushes it.
-            if let Some(r) = recv {
-                give_back_recv(t, r);
-            }
-            refused(t, s)
-        }
-    }
-}
-
-/// Takes a receive at `t`, or says how to wait (RNR). `rnr_retry` 7 waits for ever (the
-/// poster is told when a receive arrives); fewer retries wait a millisecond each.
-fn take_recv(t: &Arc<QpInner>, rnr_retry: u8) -> Result<RecvWr, Outcome> {
-    for attempt in 0..=u32::from(rnr_retry.min(6)) {
-        if let Some(r) = t.take_recv(&mut t.core.lock()) {
-            return Ok(r);
-        }
-        if rnr_retry == 7 {
-            return Err(Outcome::Rnr(Arc::clone(t)));
-        }
-        if attempt < u32::from(rnr_retry) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    Err(Outcome::Done(WcStatus::RnrRetryExcErr, 0))
 }
 
 /// Puts back a receive taken for a transfer that is held or failed without using it. A
@@ -478,15 +369,18 @@ pub(crate) fn complete_recv(
     });
 }
 
-fn execute(qp: &Arc<QpInner>, wr: &SendWr, peer: &Peer, rnr_retry: u8) -> Outcome {
-    qp.dev().counters.ops.fetch_add(1, Ordering::Relaxed);
+fn execute(
+    qp: &Arc<QpInner>,
+    wr: &SendWr,
+    peer: &PeerRef,
+    rnr_retry: u8,
+    cache: &mut MrCache,
+) -> Outcome {
     match peer {
-        Peer::Local(w) => match w.upgrade() {
-            Some(t) => loopback(qp, wr, &t, rnr_retry),
-            None => Outcome::Done(WcStatus::RetryExcErr, 0),
-        },
-        Peer::Remote(link) => crate::transport::tcp::send(qp, wr, link),
-        Peer::None => Outcome::Done(WcStatus::LocQpOpErr, 0),
+        PeerRef::Local(Some(t)) => crate::transport::loopback::execute(qp, wr, t, rnr_retry, cache),
+        PeerRef::Local(None) => Outcome::Done(WcStatus::RetryExcErr, 0),
+        PeerRef::Remote(link) => crate::transport::tcp::send(qp, wr, link),
+        PeerRef::None => Outcome::Done(WcStatus::LocQpOpErr, 0),
     }
 }
 
@@ -548,63 +442,134 @@ pub(crate) fn push_send_wc_locked(
 
 /// Runs the send queue of `qp` until it is empty or waits.
 pub(crate) fn progress(qp: &Arc<QpInner>) {
+    run(qp, qp.core.lock(), &[]);
+}
+
+/// A work request being executed: taken from the send queue, or executed in place from the
+/// poster's slice (no copy of it, nor of its SGE list, when nothing waits ahead of it).
+enum Current<'a> {
+    Queued(SendWr),
+    Posted(&'a SendWr),
+}
+
+impl Current<'_> {
+    fn wr(&self) -> &SendWr {
+        match self {
+            Current::Queued(w) => w,
+            Current::Posted(w) => w,
+        }
+    }
+    fn into_owned(self) -> SendWr {
+        match self {
+            Current::Queued(w) => w,
+            Current::Posted(w) => w.clone(),
+        }
+    }
+}
+
+/// Puts `wr` and the requests posted after it back at the head of the queue, in order.
+fn requeue(c: &mut QpCore, wr: Current<'_>, fresh: &[SendWr]) {
+    for f in fresh.iter().rev() {
+        c.sq.push_front(f.clone());
+    }
+    c.sq.push_front(wr.into_owned());
+}
+
+/// Executes the work requests of `qp`, its lock `c` held on entry: those queued, then `fresh`
+/// (just posted by the caller and counted, not queued). Requests run in order, one thread at
+/// a time (`executing`); whatever cannot run now is queued in order. One critical section
+/// separates two requests: it completes the first and takes the next.
+///
+/// Order: `fresh` runs first only if the queue is empty on entry. Requests other threads post
+/// while this one executes (the lock released) are queued behind, and are newer than all of
+/// `fresh`.
+pub(crate) fn run<'q>(qp: &'q Arc<QpInner>, c: MutexGuard<'q, QpCore>, fresh: &[SendWr]) {
+    // The peer's last reference may go with it: never under the QP lock.
+    let last_peer = run_locked(qp, c, fresh);
+    drop(last_peer);
+}
+
+/// [`run`]; returns the peer reference of the last request, to be dropped once the lock is.
+fn run_locked<'q>(
+    qp: &'q Arc<QpInner>,
+    mut c: MutexGuard<'q, QpCore>,
+    mut fresh: &[SendWr],
+) -> Option<PeerRef> {
+    if !c.sq.is_empty() && !fresh.is_empty() {
+        c.sq.extend(fresh.iter().cloned());
+        fresh = &[];
+    }
+    let mut prev: Option<PeerRef> = None;
     loop {
-        let (wr, peer, rnr_retry) = {
-            let mut c = qp.core.lock();
-            if c.executing {
-                return;
-            }
-            if c.state == QpState::Error {
+        if c.executing || c.state != QpState::Rts {
+            c.sq.extend(fresh.iter().cloned());
+            if !c.executing && c.state == QpState::Error {
                 qp.flush(&mut c);
-                return;
             }
-            if c.state != QpState::Rts {
-                return;
+            return prev;
+        }
+        let wr = match fresh.split_first() {
+            Some((w, rest)) => {
+                fresh = rest;
+                Current::Posted(w)
             }
-            let Some(wr) = c.sq.pop_front() else { return };
-            c.executing = true;
-            (wr, c.peer.clone(), c.attr.rnr_retry)
+            None => match c.sq.pop_front() {
+                Some(w) => Current::Queued(w),
+                None => return prev,
+            },
         };
-        let out = execute(qp, &wr, &peer, rnr_retry);
-        let mut c = qp.core.lock();
+        c.executing = true;
+        let peer = c.peer.strong();
+        let rnr_retry = c.attr.rnr_retry;
+        // Lent to this thread while it executes (no other thread does: `executing`).
+        let mut cache = std::mem::take(&mut c.mr_cache);
+        drop(c);
+        drop(prev.take());
+        let out = execute(qp, wr.wr(), &peer, rnr_retry, &mut cache);
+        c = qp.core.lock();
         c.executing = false;
+        c.mr_cache = cache;
+        c.moved.count(wr.wr(), &out, &peer);
         if !matches!(out, Outcome::Done(..) | Outcome::Posted) {
             match c.state {
                 // The QP went to ERR while this request ran, and flushed the queue without it.
                 QpState::Error => {
-                    c.sq.push_front(wr);
+                    requeue(&mut c, wr, fresh);
                     qp.flush(&mut c);
-                    return;
+                    return Some(peer);
                 }
-                // RESET discarded the queue: so goes this request.
-                QpState::Reset => return,
+                // RESET discarded the queue: so go this request and those posted with it.
+                QpState::Reset => return Some(peer),
                 _ => {}
             }
         }
         match out {
             Outcome::Done(status, n) => {
-                drop(c);
-                complete_send(qp, wr.wr_id, wr.opcode, wr.signaled, status, n);
+                let w = wr.wr();
+                complete_send_locked(qp, &mut c, w.wr_id, w.opcode, w.signaled, status, n);
             }
             Outcome::Posted => {}
             Outcome::Busy => {
-                c.sq.push_front(wr);
-                return;
+                requeue(&mut c, wr, fresh);
+                return Some(peer);
             }
             Outcome::Held(mr) => {
-                c.sq.push_front(wr);
+                requeue(&mut c, wr, fresh);
                 drop(c);
+                drop(peer);
                 qp.dev().counters.held.fetch_add(1, Ordering::Relaxed);
                 mr.hold(qp);
-                return;
+                return None;
             }
             Outcome::Rnr(t) => {
-                c.sq.push_front(wr);
+                requeue(&mut c, wr, fresh);
                 drop(c);
+                drop(peer);
                 park_rnr(qp, &t);
-                return;
+                return None;
             }
         }
+        prev = Some(peer);
     }
 }
 

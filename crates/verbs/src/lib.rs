@@ -30,6 +30,8 @@ mod error;
 mod event;
 pub mod limits;
 mod mr;
+mod mr_cache;
+mod pinned;
 mod qp;
 pub mod transport;
 mod types;

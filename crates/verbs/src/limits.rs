@@ -44,3 +44,6 @@ pub const WIRE_RATE_MIN: u64 = 1 << 20;
 pub const WIRE_CHUNK: u64 = 1 << 20;
 /// Largest control field accepted from the wire (node names).
 pub const WIRE_NAME_MAX: usize = 256;
+/// MRs a QP's executing thread keeps between requests (`mr_cache.rs`): a request names at most
+/// two (its local buffer and the target); a few more cover applications cycling buffers.
+pub const MR_CACHE_ENTRIES: usize = 8;

@@ -42,6 +42,7 @@ use crate::device::DeviceInner;
 use crate::error::{VerbsError, VerbsResult};
 use crate::event::AsyncEvent;
 use crate::limits::{HOLD_MAX_MS, MAX_MR_SIZE};
+use crate::pinned::{PinnedMap, Snapshot};
 use crate::qp::QpInner;
 use crate::types::{Access, EventType, Lkey, Rkey};
 
@@ -174,41 +175,6 @@ impl OdpTable {
     }
 }
 
-/// The pins of a pinned MR: normally one; after a restore over a truncated file, the pins
-/// cover the prefix that still exists (`valid_pages`).
-struct PinnedMap {
-    pins: Vec<(u64, Pin)>,
-    valid_pages: u64,
-}
-
-impl PinnedMap {
-    fn for_each<E>(
-        &self,
-        b: u64,
-        len: u64,
-        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
-    ) -> Option<Result<(), E>> {
-        if (b + len).div_ceil(PAGE_SIZE) > self.valid_pages {
-            return None;
-        }
-        let mut at = b;
-        let end = b + len;
-        for (start, pin) in &self.pins {
-            let s = start * PAGE_SIZE;
-            let e = s + pin.len();
-            if at >= e || at >= end {
-                continue;
-            }
-            let n = e.min(end) - at;
-            match pin.for_each_segment(at - s, n, &mut *f)? {
-                Ok(()) => at += n,
-                Err(x) => return Some(Err(x)),
-            }
-        }
-        (at >= end).then_some(Ok(()))
-    }
-}
-
 enum Backing {
     Pinned {
         aspace: Arc<AddressSpace>,
@@ -248,6 +214,9 @@ pub(crate) struct MrInner {
     pages: u64,
     pub(crate) kind: MrKind,
     state: AtomicU8,
+    /// Bumped (under the map's lock) whenever a pinned MR's map is swapped: a translation
+    /// [`Snapshot`] of another generation is stale.
+    map_gen: AtomicU64,
     inflight: AtomicU64,
     waiters: AtomicU32,
     gate: Mutex<()>,
@@ -378,6 +347,21 @@ impl MrInner {
         off: u64,
         len: u64,
         write: bool,
+        f: impl FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Result<(), DmaError<E>> {
+        self.dma_in(None, off, len, write, f)
+    }
+
+    /// [`MrInner::dma`], translating a pinned MR through the caller's snapshot when `snap` is
+    /// given and the coherence checks are on (refreshed when the map changed): the transfer
+    /// then takes no lock and clones no `Arc` to translate (`pinned.rs`: why that is safe, and
+    /// why not with the checks off).
+    pub(crate) fn dma_in<E>(
+        &self,
+        mut snap: Option<&mut Snapshot>,
+        off: u64,
+        len: u64,
+        write: bool,
         mut f: impl FnMut(PoolOffset, u64) -> Result<(), E>,
     ) -> Result<(), DmaError<E>> {
         let end = off.checked_add(len).filter(|e| *e <= self.len).ok_or(DmaError::Bounds)?;
@@ -416,15 +400,8 @@ impl MrInner {
                     }
                 }
             }
-            let r = match &self.backing {
-                Backing::Pinned { map, .. } => {
-                    let m = Arc::clone(&map.lock());
-                    m.for_each(b, len, &mut f).ok_or(())
-                }
-                Backing::Odp { table, .. } | Backing::File { table, .. } => {
-                    table.for_each(b, len, write, &mut f)
-                }
-            };
+            let snap = if checks { snap.as_deref_mut() } else { None };
+            let r = self.translate(snap, b, len, write, &mut f);
             if checks {
                 self.leave();
             }
@@ -435,6 +412,41 @@ impl MrInner {
                     return Err(DmaError::Bounds);
                 }
                 Err(()) => continue, // an invalidation raced with us: fault again
+            }
+        }
+    }
+
+    /// Runs `f` over the pool segments behind `[b, b + len)` (bytes from the MR's first page),
+    /// the MR entered; `Err(())`: not translated (beyond a pinned MR's pages; an ODP or file
+    /// page invalidated since the fault). `snap` only with the coherence checks on.
+    fn translate<E>(
+        &self,
+        snap: Option<&mut Snapshot>,
+        b: u64,
+        len: u64,
+        write: bool,
+        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
+    ) -> Result<Result<(), E>, ()> {
+        match (&self.backing, snap) {
+            // Entered and found valid with the checks on: the map cannot be swapped before
+            // this transfer leaves, so a snapshot of the current generation is current.
+            (Backing::Pinned { map, .. }, Some(s)) => {
+                let current = self.map_gen.load(Ordering::SeqCst);
+                let pieces = match s.current(current) {
+                    Some(p) => p,
+                    None => {
+                        let m = map.lock();
+                        s.refresh(&m, self.map_gen.load(Ordering::SeqCst))
+                    }
+                };
+                pieces.for_each(b, len, f).ok_or(())
+            }
+            (Backing::Pinned { map, .. }, None) => {
+                let m = Arc::clone(&map.lock());
+                m.for_each(b, len, f).ok_or(())
+            }
+            (Backing::Odp { table, .. } | Backing::File { table, .. }, _) => {
+                table.for_each(b, len, write, f)
             }
         }
     }
@@ -526,13 +538,7 @@ impl MrInner {
 
     fn release_translations(&self) {
         match &self.backing {
-            Backing::Pinned { map, .. } => {
-                let old = std::mem::replace(
-                    &mut *map.lock(),
-                    Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
-                );
-                drop(old);
-            }
+            Backing::Pinned { .. } => self.set_map(PinnedMap::empty()),
             Backing::Odp { table, .. } | Backing::File { table, .. } => {
                 let _g = table.lock.lock();
                 for e in table.pages.iter() {
@@ -540,6 +546,17 @@ impl MrInner {
                 }
             }
         }
+    }
+
+    /// Swaps a pinned MR's map (the old one, and its pins, go once no transfer uses it) and
+    /// bumps the map generation, under the map's lock.
+    fn set_map(&self, new: PinnedMap) {
+        let Backing::Pinned { map, .. } = &self.backing else { return };
+        let mut m = map.lock();
+        let old = std::mem::replace(&mut *m, Arc::new(new));
+        self.map_gen.fetch_add(1, Ordering::SeqCst);
+        drop(m);
+        drop(old);
     }
 
     fn owner(&self) -> VerbsResult<PinOwner> {
@@ -557,7 +574,7 @@ impl MrInner {
         let owner = self.owner()?;
         let try_pin = |n: u64| pin_user_pages(aspace, *start, n * PAGE_SIZE, *flags, Some(&owner));
         match try_pin(self.pages) {
-            Ok(p) => return Ok(PinnedMap { pins: vec![(0, p)], valid_pages: self.pages }),
+            Ok(p) => return Ok(PinnedMap::new(vec![(0, p)], self.pages)),
             Err(e) if e.errno() != Errno::EFAULT => return Err(e.into()),
             Err(_) => {}
         }
@@ -578,7 +595,7 @@ impl MrInner {
             None if lo > 0 => vec![(0, try_pin(lo)?)],
             None => Vec::new(),
         };
-        Ok(PinnedMap { pins, valid_pages: lo })
+        Ok(PinnedMap::new(pins, lo))
     }
 
     /// Valid → decoherent with an `MrDecoherent` event; a request that finds the MR decoherent
@@ -617,18 +634,13 @@ impl MrInner {
                 self.state().name()
             )));
         }
-        let Backing::Pinned { map, .. } = &self.backing else { unreachable!("checked kind") };
         // A layout change that starts while we re-pin finds our new pins and asks us to
         // decohere again, but we are still decoherent, so no event is posted: give the new pins
         // back and pin again after it (the re-pin waits for the change to finish).
         for attempt in 0.. {
             let requests = self.decohere_requests.load(Ordering::SeqCst);
             self.drain();
-            let old = std::mem::replace(
-                &mut *map.lock(),
-                Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }),
-            );
-            drop(old);
+            self.set_map(PinnedMap::empty());
             let new = match self.pin_prefix() {
                 Ok(new) => new,
                 Err(e) => {
@@ -640,7 +652,7 @@ impl MrInner {
                     return Err(e);
                 }
             };
-            *map.lock() = Arc::new(new);
+            self.set_map(new);
             if self.decohere_requests.load(Ordering::SeqCst) != requests
                 && attempt < RESTORE_ATTEMPTS
             {
@@ -678,7 +690,7 @@ impl MrInner {
 
     pub(crate) fn info(&self) -> MrInfo {
         let resident = match &self.backing {
-            Backing::Pinned { map, .. } => map.lock().valid_pages,
+            Backing::Pinned { map, .. } => map.lock().valid_pages(),
             Backing::Odp { table, .. } | Backing::File { table, .. } => {
                 table.pages.iter().filter(|e| e.load(Ordering::Relaxed) & ODP_VALID != 0).count()
                     as u64
@@ -873,6 +885,7 @@ impl ProtectionDomain {
             pages,
             kind,
             state: AtomicU8::new(MrState::Valid as u8),
+            map_gen: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
             waiters: AtomicU32::new(0),
             gate: Mutex::new(()),
@@ -934,7 +947,7 @@ impl ProtectionDomain {
             if writable(access) {
                 flags |= PinFlags::WRITE;
             }
-            let map = Mutex::new(Arc::new(PinnedMap { pins: Vec::new(), valid_pages: 0 }));
+            let map = Mutex::new(Arc::new(PinnedMap::empty()));
             let mr = self.new_mr(
                 addr.raw(),
                 len,
@@ -952,13 +965,7 @@ impl ProtectionDomain {
             };
             match pin_user_pages(aspace, start, end - start.raw(), flags, Some(&owner)) {
                 Ok(pin) => {
-                    let Backing::Pinned { map, .. } = &mr.backing else {
-                        unreachable!("just built")
-                    };
-                    *map.lock() = Arc::new(PinnedMap {
-                        pins: vec![(0, pin)],
-                        valid_pages: (end - start.raw()) / PAGE_SIZE,
-                    });
+                    mr.set_map(PinnedMap::new(vec![(0, pin)], (end - start.raw()) / PAGE_SIZE))
                 }
                 Err(e) => {
                     dev.mrs.release(mr.key);

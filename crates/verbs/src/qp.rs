@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -14,11 +15,15 @@ use parking_lot::Mutex;
 use crate::context::{PdInner, ProtectionDomain};
 use crate::cq::{CompletionQueue, CqInner};
 use crate::device::DeviceInner;
+use crate::engine::Outcome;
 use crate::error::{VerbsError, VerbsResult};
 use crate::event::AsyncEvent;
 use crate::limits::{MAX_INLINE, MAX_QP_WR, MAX_RD_ATOMIC, MAX_SGE, PHYS_PORTS, PKEY_TABLE_LEN};
+use crate::mr_cache::MrCache;
 use crate::transport::Link;
-use crate::types::{Access, EventType, Psn, QpAttrMask, QpState, Qpn, WcStatus, transition};
+use crate::types::{
+    Access, EventType, Opcode, Psn, QpAttrMask, QpState, Qpn, WcStatus, transition,
+};
 use crate::wr::{RecvWr, SendWr, WcOpcode, WorkCompletion};
 
 /// Capacities of a QP.
@@ -126,12 +131,21 @@ pub(crate) enum Peer {
     Remote(Arc<Link>),
 }
 
-impl Clone for Peer {
-    fn clone(&self) -> Self {
+/// The other end of a QP as the engine holds it while executing a request: strong
+/// references taken under the QP lock (a local peer that is gone: `Local(None)`).
+pub(crate) enum PeerRef {
+    None,
+    Local(Option<Arc<QpInner>>),
+    Remote(Arc<Link>),
+}
+
+impl Peer {
+    /// Strong references to the other end.
+    pub(crate) fn strong(&self) -> PeerRef {
         match self {
-            Peer::None => Peer::None,
-            Peer::Local(w) => Peer::Local(w.clone()),
-            Peer::Remote(l) => Peer::Remote(Arc::clone(l)),
+            Peer::None => PeerRef::None,
+            Peer::Local(w) => PeerRef::Local(w.upgrade()),
+            Peer::Remote(l) => PeerRef::Remote(Arc::clone(l)),
         }
     }
 }
@@ -147,6 +161,39 @@ pub(crate) struct QpCore {
     pub(crate) rnr_waiters: Vec<Weak<QpInner>>,
     pub(crate) posted: u64,
     pub(crate) completed: u64,
+    /// The MRs its requests used last (lent to the executing thread).
+    pub(crate) mr_cache: MrCache,
+    /// What its loopback requests moved (counted under the lock the engine takes anyway).
+    pub(crate) moved: Moved,
+}
+
+/// The device counters' share of one QP's loopback work: plain numbers under the QP lock
+/// instead of shared atomics on every request. `Device::counters` adds them up; a QP that
+/// goes adds its share to the device's.
+#[derive(Copy, Clone, Debug, Default)]
+pub(crate) struct Moved {
+    pub(crate) ops: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) bytes_read: u64,
+}
+
+impl Moved {
+    /// Counts one execution of `wr` that came to `out` (bytes for loopback successes: a
+    /// remote peer's engine counts its own, and this node counts what it sends).
+    pub(crate) fn count(&mut self, wr: &SendWr, out: &Outcome, peer: &PeerRef) {
+        self.ops += 1;
+        let (Outcome::Done(WcStatus::Success, n), PeerRef::Local(_)) = (out, peer) else {
+            return;
+        };
+        let n = u64::from(*n);
+        match wr.opcode {
+            Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
+                self.bytes_written += n;
+            }
+            Opcode::Read => self.bytes_read += n,
+            Opcode::CompareSwap | Opcode::FetchAdd => {}
+        }
+    }
 }
 
 pub(crate) struct QpInner {
@@ -157,6 +204,9 @@ pub(crate) struct QpInner {
     pub(crate) srq: Option<Arc<SrqInner>>,
     pub(crate) caps: QpCaps,
     pub(crate) core: Mutex<QpCore>,
+    /// The state and the access flags, as `core` holds them, readable without its lock by an
+    /// initiator of this node checking its target: `state | access << 8` (`publish`).
+    shadow: AtomicU64,
 }
 
 impl fmt::Debug for QpInner {
@@ -209,6 +259,20 @@ impl QpInner {
         }
     }
 
+    /// Publishes the state and access flags of `c` to initiators (`state_access`). Called
+    /// under the lock wherever they change.
+    fn publish(&self, c: &QpCore) {
+        let v = u64::from(c.state as u8) | u64::from(c.attr.qp_access_flags.bits()) << 8;
+        self.shadow.store(v, Ordering::Release);
+    }
+
+    /// The state and access flags, without the lock.
+    pub(crate) fn state_access(&self) -> (QpState, Access) {
+        let v = self.shadow.load(Ordering::Acquire);
+        let state = QpState::ALL.get((v & 0xff) as usize).copied().unwrap_or(QpState::Error);
+        (state, Access::from_bits_truncate((v >> 8) as u32))
+    }
+
     /// Moves the QP to ERR (from any state) and flushes queued work. Senders parked on this
     /// QP's receive queue are woken: it will not receive any more, so they fail.
     pub(crate) fn to_error(&self, c: &mut QpCore, why: &str) {
@@ -216,6 +280,7 @@ impl QpInner {
             tracing::debug!(qpn = self.qpn, why, "QP to ERR");
         }
         c.state = QpState::Error;
+        self.publish(c);
         self.flush(c);
         self.wake_rnr_waiters(c);
     }
@@ -376,7 +441,10 @@ impl ProtectionDomain {
                 rnr_waiters: Vec::new(),
                 posted: 0,
                 completed: 0,
+                mr_cache: MrCache::default(),
+                moved: Moved::default(),
             }),
+            shadow: AtomicU64::new(0),
         });
         dev.qps.write().insert(qpn, Arc::downgrade(&qp));
         Ok(QueuePair(qp))
@@ -399,6 +467,11 @@ impl ProtectionDomain {
 impl Drop for QpInner {
     fn drop(&mut self) {
         let c = self.core.get_mut();
+        let m = c.moved;
+        let counters = &self.pd.ctx.dev.counters;
+        counters.ops.fetch_add(m.ops, Ordering::Relaxed);
+        counters.bytes_written.fetch_add(m.bytes_written, Ordering::Relaxed);
+        counters.bytes_read.fetch_add(m.bytes_read, Ordering::Relaxed);
         if let Peer::Remote(l) = &c.peer {
             l.close("QP destroyed");
         }
@@ -591,6 +664,7 @@ impl QueuePair {
         }
         c.state = to;
         c.attr.qp_state = to;
+        self.0.publish(&c);
         drop(c);
         if to == QpState::Rts {
             crate::engine::progress(&self.0);
@@ -689,14 +763,10 @@ impl QueuePair {
                     )));
                 }
             }
-            c.sq.extend(wrs.iter().cloned());
             c.posted += wrs.len() as u64;
-            if c.state == QpState::Error {
-                self.0.flush(&mut c);
-                return Ok(());
-            }
+            // Executed in place unless something is queued ahead of them (then queued).
+            crate::engine::run(&self.0, c, wrs);
         }
-        crate::engine::progress(&self.0);
         Ok(())
     }
 

@@ -332,6 +332,52 @@ fn restore_mr_resumes_held_work_onto_the_new_blocks() {
     assert!(f.fs.fsck().clean());
 }
 
+/// A loopback WRITE translates a pinned MR through a snapshot its QP's executor keeps between
+/// requests. After a restore_mr onto the file's new blocks, the next WRITE through the same QP
+/// must land there, not in the old frames the snapshot described — with the coherence checks
+/// on (the snapshot holds no pin) and off (it holds the old map until it sees the change).
+#[test]
+fn restore_mr_moves_cached_translations_too() {
+    for checks in [true, false] {
+        let f = fs_node(PinPolicy::Decohere);
+        f.n.dev.set_coherence_checks(checks);
+        let (ino, at) = victim(&f, 4);
+        let mr = f.n.mr(at, 4 * PAGE_SIZE, Access::all_rw());
+        let old: Vec<Pfn> =
+            f.fs.extents(ino).unwrap().iter().flat_map(|e| e.frames().iter()).collect();
+        let (a, _b, cq) = f.n.pair();
+        let src = f.n.buf(PAGE_SIZE, 0x5a);
+        let smr = f.n.mr(src, PAGE_SIZE, Access::all_rw());
+        // Cached: MR entries and a snapshot of the victim's current map.
+        a.post_send(&[SendWr::write(1, sge(&smr, src, 64), at.raw(), mr.rkey())]).unwrap();
+        assert_eq!(wc(&cq).status, WcStatus::Success);
+        let fs = f.fs.clone();
+        let defrag =
+            std::thread::spawn(move || fs.defrag(ino, DefragOptions::default(), &Caller::admin()));
+        let ev = f.n.ctx.get_async_event(T).expect("MrDecoherent");
+        assert_eq!(ev.kind, EventType::MrDecoherent);
+        mr.restore().unwrap();
+        assert_eq!(defrag.join().unwrap().unwrap().pages_moved, 4);
+        let new: Vec<Pfn> =
+            f.fs.extents(ino).unwrap().iter().flat_map(|e| e.frames().iter()).collect();
+        assert!(old.iter().all(|p| !new.contains(p)));
+        f.n.aspace.write(src, &[0x77; 64]).unwrap();
+        a.post_send(&[SendWr::write(2, sge(&smr, src, 64), at.raw() + PAGE_SIZE, mr.rkey())])
+            .unwrap();
+        assert_eq!(wc(&cq).status, WcStatus::Success, "checks {checks}");
+        let mut content = vec![0u8; 4 * PAGE_SIZE as usize];
+        f.fs.read(ino, 0, &mut content).unwrap();
+        assert_eq!(&content[..64], &[0x5a; 64], "checks {checks}: the first write, moved");
+        let page1 = PAGE_SIZE as usize;
+        assert_eq!(
+            &content[page1..page1 + 64],
+            &[0x77; 64],
+            "checks {checks}: the write after restore_mr missed the file's new block"
+        );
+        assert!(f.fs.fsck().clean());
+    }
+}
+
 #[test]
 fn deny_refuses_pinned_dax_but_odp_works_and_follows_truncate() {
     let f = fs_node(PinPolicy::Deny);

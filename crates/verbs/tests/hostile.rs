@@ -725,6 +725,67 @@ fn hostile_bad_hellos_fail_only_their_handshake() {
     assert!(s.conns.try_recv().is_err(), "no QP came out of a bad handshake");
 }
 
+/// A peer that answers the HELLO and hangs up at once (a server refusing the client's private
+/// data): `connect` succeeds, with the peer's private data, and the QP then goes to ERR as
+/// after an rdma_cm disconnect. Before the reader thread started only once the QP was in RTS,
+/// it could move the QP to ERR first and `connect` failed with an RTR -> RTS transition
+/// error. The race is narrow and was lost mostly under load, hence 100 rounds with more
+/// spinning threads than cores: the old order failed about one run in four on 2 cores.
+#[test]
+fn hostile_peer_hanging_up_after_its_hello_is_a_disconnect() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<JoinHandle<()>> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let rounds = 100;
+    let peer = std::thread::spawn(move || {
+        for _ in 0..rounds {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let mut h = [0u8; HEADER];
+            c.read_exact(&mut h).unwrap();
+            let (_, _, f) = Frame::decode(&h);
+            let mut body = vec![0u8; f.len as usize];
+            c.read_exact(&mut body).unwrap();
+            c.write_all(&hello(0x42, b"refuser", b"go away")).unwrap();
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    });
+    let n = node(16);
+    for i in 0..rounds {
+        let cq = n.cq();
+        let init = QpInitAttr {
+            send_cq: cq.clone(),
+            recv_cq: cq.clone(),
+            srq: None,
+            caps: QpCaps::default(),
+        };
+        let (qp, private) =
+            n.pd.connect(&addr, init, Access::all_rw(), b"hello", T)
+                .unwrap_or_else(|e| panic!("round {i}: connect failed: {e}"));
+        assert_eq!(private, b"go away");
+        let deadline = Instant::now() + T;
+        while qp.state() != QpState::Error && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(qp.state(), QpState::Error, "round {i}: the disconnect");
+    }
+    stop.store(true, Ordering::Relaxed);
+    peer.join().unwrap();
+    for h in hogs {
+        h.join().unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Requests outside what the peer may touch.
 

@@ -289,6 +289,51 @@ fn loc_prot_err_stale_lkey_after_deregistration() {
     f.dst_untouched();
 }
 
+/// The same after the keys were used: the executing thread's MR cache knew them, and must not
+/// let a stale key name a deregistered MR, nor the MR registered in its slot since.
+#[test]
+fn stale_keys_fail_after_a_cached_use() {
+    let f = fx();
+    let buf = f.n.buf(LEN, 0x22);
+    let mr = f.n.mr(buf, LEN, Access::all_rw());
+    let target = f.n.buf(LEN, 0);
+    let tmr = f.n.mr(target, LEN, Access::all_rw());
+    let old_r = tmr.rkey();
+    for i in 0..3 {
+        let wr = SendWr::write(i, sge(&mr, buf, 64), target.raw(), tmr.rkey());
+        f.a.post_send(&[wr]).unwrap();
+        assert_eq!(wc(&f.acq).status, WcStatus::Success);
+    }
+    assert_eq!(f.n.read(target, 64), vec![0x22; 64]);
+    drop(tmr);
+    let again_t = f.n.mr(target, LEN, Access::all_rw());
+    assert_ne!(again_t.rkey(), old_r);
+    // The stale rkey: a remote access error, the responder breaks; nothing lands.
+    f.n.aspace.write(buf, &[0x44; 64]).unwrap();
+    f.fails_remotely(
+        SendWr::write(9, sge(&mr, buf, 64), target.raw(), old_r),
+        WcStatus::RemAccessErr,
+    );
+    assert_eq!(f.n.read(target, 64), vec![0x22; 64], "the stale rkey wrote");
+    // The stale lkey, on a fresh pair: a local protection error.
+    let g = fx();
+    let src = g.n.buf(LEN, 0x55);
+    let smr = g.n.mr(src, LEN, Access::all_rw());
+    let stale = smr.lkey();
+    g.a.post_send(&[SendWr::write(1, sge(&smr, src, 64), g.dst.raw(), g.dmr.rkey())]).unwrap();
+    assert_eq!(wc(&g.acq).status, WcStatus::Success);
+    drop(smr);
+    let again = g.n.mr(src, LEN, Access::all_rw());
+    assert_ne!(again.lkey(), stale);
+    let wr = SendWr::write(
+        2,
+        Sge { addr: src.raw(), length: 64, lkey: stale },
+        g.dst.raw(),
+        g.dmr.rkey(),
+    );
+    g.fails_locally(wr, WcStatus::LocProtErr);
+}
+
 #[test]
 fn loc_prot_err_odp_source_unmapped() {
     let f = fx();

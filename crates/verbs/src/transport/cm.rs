@@ -75,9 +75,8 @@ fn establish(
             | QpAttrMask::MAX_DEST_RD_ATOMIC
             | QpAttrMask::MIN_RNR_TIMER,
     )?;
-    tcp::spawn_reader(&link, qp.0.qpn).map_err(|e| VerbsError::io("reader thread", &e))?;
     let rts = QpAttr { qp_state: QpState::Rts, sq_psn: Psn(psn), ..QpAttr::default() };
-    match qp.modify(
+    qp.modify(
         &rts,
         QpAttrMask::STATE
             | QpAttrMask::SQ_PSN
@@ -85,13 +84,13 @@ fn establish(
             | QpAttrMask::RETRY_CNT
             | QpAttrMask::RNR_RETRY
             | QpAttrMask::MAX_QP_RD_ATOMIC,
-    ) {
-        // The peer hung up between the handshake and RTS: the reader already moved the QP to
-        // ERR. The connection was established; its end is reported like any later one (QP in
-        // ERR, work flushed), not as a failed modify the caller never asked for.
-        Err(_) if qp.state() == QpState::Error => Ok(()),
-        r => r,
-    }
+    )?;
+    // The reader starts once the QP is in RTS: a peer that hangs up right after the
+    // handshake (a server refusing the private data) is a disconnect of an established
+    // connection, as with rdma_cm, not a failed RTR -> RTS transition of a QP the reader
+    // already moved to ERR. What the peer sends meanwhile waits in the socket.
+    tcp::spawn_reader(&link, qp.0.qpn).map_err(|e| VerbsError::io("reader thread", &e))?;
+    Ok(())
 }
 
 /// Listens for connections from other nodes.

@@ -203,7 +203,7 @@ fn serve_read(link: &Link, qp: &Arc<QpInner>, h: Header, access: Access) -> std:
         let mut header_sent = false;
         let r = mr.dma(*off, len, false, |p, l| {
             if !header_sent {
-                link.write_all(&resp.encode())?;
+                link.write_header_more(&resp.encode())?;
                 header_sent = true;
             }
             link.write_from_pool(pool_of(mr), p, l)

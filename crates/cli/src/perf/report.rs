@@ -1,0 +1,350 @@
+//! What `pinwheel perf` prints, computed and laid out as perftest does
+//! (`perftest_parameters.c`, `print_report_bw` / `print_report_lat`):
+//!
+//! - bandwidth: average = bytes / (last completion − first post); peak = the best
+//!   (completion j − post i) / (j − i + 1) over every window, perftest's O(n²) search, skipped
+//!   above `PERF_PEAK_ITERS_MAX` iterations (printed as 0, as perftest's `noPeak`);
+//!   MsgRate = messages / s / 10⁶. MB/sec is 2^20 bytes a second.
+//! - latency: WRITE samples are half a round trip (ping-pong), READ samples a whole one;
+//!   typical = median; percentiles of the sorted samples.
+//!
+//! Text rows use perftest's printf formats; `--json` prints one document whose `results` hold
+//! an object per message size with the same quantities.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::limits::PERF_PEAK_ITERS_MAX;
+
+/// perftest's MB: 2^20 bytes.
+const MIB: f64 = 1_048_576.0;
+
+const RESULT_LINE: &str =
+    "---------------------------------------------------------------------------------------";
+const BW_HEADER: &str =
+    " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]";
+const LAT_HEADER: &str = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]";
+const COMPARE_HEADER: &str = "   baseline[MB/sec]   ratio";
+
+/// One message size of a bandwidth test.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct BwRow {
+    pub(crate) bytes: u64,
+    pub(crate) iterations: u64,
+    pub(crate) bw_peak_mib_s: f64,
+    pub(crate) bw_average_mib_s: f64,
+    pub(crate) msg_rate_mpps: f64,
+    /// The baseline of `--compare` (memcpy or raw TCP), same bytes and iterations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline_mib_s: Option<f64>,
+    /// `bw_average_mib_s / baseline_mib_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<f64>,
+}
+
+impl BwRow {
+    /// From the time each message was posted and completed (`tposted[0]` is the first post).
+    pub(crate) fn new(bytes: u64, tposted: &[Instant], tcompleted: &[Instant]) -> BwRow {
+        let n = tposted.len().min(tcompleted.len());
+        let (Some(first), Some(last)) = (tposted.first(), tcompleted.get(n.wrapping_sub(1))) else {
+            return BwRow::empty(bytes);
+        };
+        let secs = last.saturating_duration_since(*first).as_secs_f64().max(1e-9);
+        let total = bytes as f64 * n as f64;
+        let peak = if n as u64 <= PERF_PEAK_ITERS_MAX {
+            let best = peak_window(*first, &tposted[..n], &tcompleted[..n]);
+            bytes as f64 / best.max(1e-9) / MIB
+        } else {
+            0.0
+        };
+        BwRow {
+            bytes,
+            iterations: n as u64,
+            bw_peak_mib_s: peak,
+            bw_average_mib_s: total / secs / MIB,
+            msg_rate_mpps: n as f64 / secs / 1e6,
+            baseline_mib_s: None,
+            ratio: None,
+        }
+    }
+
+    fn empty(bytes: u64) -> BwRow {
+        BwRow {
+            bytes,
+            iterations: 0,
+            bw_peak_mib_s: 0.0,
+            bw_average_mib_s: 0.0,
+            msg_rate_mpps: 0.0,
+            baseline_mib_s: None,
+            ratio: None,
+        }
+    }
+
+    /// Adds the baseline and the ratio.
+    pub(crate) fn with_baseline(mut self, baseline_mib_s: Option<f64>) -> BwRow {
+        self.baseline_mib_s = baseline_mib_s;
+        self.ratio = baseline_mib_s.filter(|b| *b > 0.0).map(|b| self.bw_average_mib_s / b);
+        self
+    }
+
+    fn text(&self) -> String {
+        let mut s = format!(
+            " {:<7}    {:<10}       {:<7.2}            {:<7.2}\t\t   {:<7.6}",
+            self.bytes,
+            self.iterations,
+            self.bw_peak_mib_s,
+            self.bw_average_mib_s,
+            self.msg_rate_mpps
+        );
+        if let (Some(b), Some(r)) = (self.baseline_mib_s, self.ratio) {
+            s.push_str(&format!("\t   {b:<16.2}   {r:.3}"));
+        }
+        s
+    }
+}
+
+/// Seconds of the best window: min over i ≤ j of (tcompleted[j] − tposted[i]) / (j − i + 1).
+fn peak_window(origin: Instant, tposted: &[Instant], tcompleted: &[Instant]) -> f64 {
+    let secs = |t: &Instant| t.saturating_duration_since(origin).as_secs_f64();
+    let posted: Vec<f64> = tposted.iter().map(secs).collect();
+    let completed: Vec<f64> = tcompleted.iter().map(secs).collect();
+    let mut best = f64::INFINITY;
+    for (i, p) in posted.iter().enumerate() {
+        for (k, c) in completed[i..].iter().enumerate() {
+            let t = (c - p) / (k + 1) as f64;
+            if t < best {
+                best = t;
+            }
+        }
+    }
+    best
+}
+
+/// One message size of a latency test (microseconds).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LatRow {
+    pub(crate) bytes: u64,
+    pub(crate) iterations: u64,
+    pub(crate) t_min_us: f64,
+    pub(crate) t_max_us: f64,
+    pub(crate) t_typical_us: f64,
+    pub(crate) t_avg_us: f64,
+    pub(crate) t_stdev_us: f64,
+    pub(crate) t_p99_us: f64,
+    pub(crate) t_p99_9_us: f64,
+}
+
+impl LatRow {
+    /// From the samples (µs, already halved for ping-pong tests).
+    pub(crate) fn new(bytes: u64, mut samples: Vec<f64>) -> LatRow {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let at = |p: f64| {
+            let i = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
+            samples.get(i).copied().unwrap_or(0.0)
+        };
+        let median = match n {
+            0 => 0.0,
+            _ if n.is_multiple_of(2) => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+            _ => samples[n / 2],
+        };
+        let avg = if n == 0 { 0.0 } else { samples.iter().sum::<f64>() / n as f64 };
+        let var = if n == 0 {
+            0.0
+        } else {
+            samples.iter().map(|s| (s - avg) * (s - avg)).sum::<f64>() / n as f64
+        };
+        LatRow {
+            bytes,
+            iterations: n as u64,
+            t_min_us: samples.first().copied().unwrap_or(0.0),
+            t_max_us: samples.last().copied().unwrap_or(0.0),
+            t_typical_us: median,
+            t_avg_us: avg,
+            t_stdev_us: var.sqrt(),
+            t_p99_us: at(0.99),
+            t_p99_9_us: at(0.999),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            " {:<7} {}          {:<7.2}        {:<7.2}      {:<7.2}  \t       {:<7.2}     \t{:<7.2}\t\t{:<7.2} \t\t{:<7.2}",
+            self.bytes,
+            self.iterations,
+            self.t_min_us,
+            self.t_max_us,
+            self.t_typical_us,
+            self.t_avg_us,
+            self.t_stdev_us,
+            self.t_p99_us,
+            self.t_p99_9_us
+        )
+    }
+}
+
+/// A result row.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Row {
+    /// Bandwidth.
+    Bw(BwRow),
+    /// Latency.
+    Lat(LatRow),
+}
+
+/// The settings a run reports with its results.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct RunInfo {
+    pub(crate) test: &'static str,
+    /// `loopback` or `tcp`.
+    pub(crate) transport: &'static str,
+    /// The server (TCP client only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server: Option<String>,
+    pub(crate) device: String,
+    pub(crate) connection_type: &'static str,
+    pub(crate) tx_depth: u32,
+    pub(crate) cq_moderation: u32,
+    pub(crate) mtu: u32,
+    pub(crate) coherence_checks: bool,
+    /// What `--compare` measures against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline: Option<&'static str>,
+    /// Bandwidth unit: MiB/s (perftest's MB/sec); latencies are µs.
+    pub(crate) bw_unit: &'static str,
+}
+
+#[derive(Serialize)]
+struct Doc<'a> {
+    #[serde(flatten)]
+    info: &'a RunInfo,
+    results: &'a [Row],
+}
+
+/// Prints the header, then each row as soon as its size is measured (text), or everything
+/// at the end (`--json`).
+pub(crate) struct Reporter<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    info: Option<RunInfo>,
+    rows: Vec<Row>,
+}
+
+impl<'a> Reporter<'a> {
+    pub(crate) fn new(out: &'a mut dyn Write, json: bool) -> Reporter<'a> {
+        Reporter { out, json, info: None, rows: Vec::new() }
+    }
+
+    /// Starts a run: prints perftest's header block (text).
+    pub(crate) fn begin(&mut self, info: RunInfo, title: &str, bw: bool) -> io::Result<()> {
+        if !self.json {
+            let o = &mut *self.out;
+            writeln!(o, "{RESULT_LINE}")?;
+            writeln!(o, "                    {title}")?;
+            writeln!(o, " Device          : {}", info.device)?;
+            match &info.server {
+                Some(s) => writeln!(o, " Transport type  : TCP to {s}")?,
+                None => writeln!(o, " Transport type  : loopback (two QPs of one device)")?,
+            }
+            writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
+            writeln!(o, " TX depth        : {}", info.tx_depth)?;
+            if bw {
+                writeln!(o, " CQ Moderation   : {}", info.cq_moderation)?;
+            }
+            writeln!(o, " Mtu             : {}[B]", info.mtu)?;
+            writeln!(o, " Coherence checks: {}", if info.coherence_checks { "ON" } else { "OFF" })?;
+            if let Some(b) = info.baseline {
+                writeln!(o, " Baseline        : {b}")?;
+            }
+            writeln!(o, "{RESULT_LINE}")?;
+            let header = if bw { BW_HEADER } else { LAT_HEADER };
+            let extra = if info.baseline.is_some() { COMPARE_HEADER } else { "" };
+            writeln!(o, "{header}{extra}")?;
+            o.flush()?;
+        }
+        self.info = Some(info);
+        Ok(())
+    }
+
+    /// One message size measured.
+    pub(crate) fn row(&mut self, row: Row) -> io::Result<()> {
+        if !self.json {
+            let line = match &row {
+                Row::Bw(r) => r.text(),
+                Row::Lat(r) => r.text(),
+            };
+            writeln!(self.out, "{line}")?;
+            self.out.flush()?;
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// The end of the run.
+    pub(crate) fn end(&mut self) -> io::Result<()> {
+        if !self.json {
+            return writeln!(self.out, "{RESULT_LINE}");
+        }
+        let Some(info) = &self.info else { return Ok(()) };
+        let doc = Doc { info, results: &self.rows };
+        serde_json::to_writer_pretty(&mut *self.out, &doc).map_err(io::Error::from)?;
+        writeln!(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn report_bw_average_and_peak() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Four 1 MiB messages posted at once, completed at 1, 2, 3 and 8 ms.
+        let posted = vec![t0; 4];
+        let completed = vec![ms(1), ms(2), ms(3), ms(8)];
+        let r = BwRow::new(1 << 20, &posted, &completed);
+        assert_eq!(r.iterations, 4);
+        assert!((r.bw_average_mib_s - 500.0).abs() < 1e-6, "{r:?}");
+        // Best window: the first three, 1 ms each.
+        assert!((r.bw_peak_mib_s - 1000.0).abs() < 1e-6, "{r:?}");
+        assert!((r.msg_rate_mpps - 0.0005).abs() < 1e-12, "{r:?}");
+        let r = r.with_baseline(Some(1000.0));
+        assert_eq!(r.ratio, Some(0.5));
+    }
+
+    #[test]
+    fn report_lat_statistics() {
+        let samples: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let r = LatRow::new(2, samples);
+        assert_eq!((r.t_min_us, r.t_max_us), (1.0, 1000.0));
+        assert_eq!(r.t_typical_us, 500.5);
+        assert_eq!(r.t_avg_us, 500.5);
+        assert_eq!((r.t_p99_us, r.t_p99_9_us), (990.0, 999.0));
+        assert!((r.t_stdev_us - 288.675).abs() < 1e-3, "{r:?}");
+        let empty = LatRow::new(2, Vec::new());
+        assert_eq!(empty.iterations, 0);
+    }
+
+    #[test]
+    fn report_rows_follow_perftest_formats() {
+        let r = BwRow {
+            bytes: 65536,
+            iterations: 5000,
+            bw_peak_mib_s: 1.0,
+            bw_average_mib_s: 2.0,
+            msg_rate_mpps: 0.5,
+            baseline_mib_s: None,
+            ratio: None,
+        };
+        assert_eq!(
+            r.text(),
+            " 65536      5000             1.00               2.00   \t\t   0.500000"
+        );
+    }
+}
