@@ -59,8 +59,13 @@ impl Render for Pins<'_> {
         if self.pins.is_empty() {
             return writeln!(out, "no long-term pins");
         }
-        let mut rows =
-            vec![vec!["file".into(), "range".into(), "mode".into(), "held by".into(), "processes".into()]];
+        let mut rows = vec![vec![
+            "file".into(),
+            "range".into(),
+            "mode".into(),
+            "held by".into(),
+            "processes".into(),
+        ]];
         for p in &self.pins {
             rows.push(vec![
                 p.path.clone(),

@@ -11,6 +11,33 @@ use pinwheel::node::NodeError;
 use pinwheel_fs::FsError;
 use pinwheel_mm::{Errno, MmError};
 
+/// What a filesystem operation answered, whether the filesystem is mounted here
+/// (`--pool`) or served by a daemon (`--socket`): the errno and the message naming the
+/// culprit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The errno.
+    pub errno: Errno,
+    /// The filesystem's message.
+    pub message: String,
+}
+
+impl From<FsError> for Failure {
+    fn from(e: FsError) -> Failure {
+        let message = match &e {
+            FsError::Mm(MmError::InvalidArgument(m)) => m.clone(),
+            e => e.to_string(),
+        };
+        Failure { errno: e.errno(), message }
+    }
+}
+
+impl From<pinwheel::client::Error> for Failure {
+    fn from(e: pinwheel::client::Error) -> Failure {
+        Failure { errno: e.errno(), message: e.message().to_string() }
+    }
+}
+
 /// A failed command.
 #[derive(Debug)]
 pub enum CliError {
@@ -21,7 +48,7 @@ pub enum CliError {
         /// The paths (or pool file) it acted on.
         paths: Vec<String>,
         /// What the filesystem answered.
-        error: FsError,
+        error: Failure,
         /// A better explanation than the error's own text, when the tool could find one (which
         /// component of a path is missing, what to run next).
         hint: Option<String>,
@@ -89,11 +116,11 @@ fn strip_name<'a>(msg: &'a str, names: &[String]) -> &'a str {
 
 impl CliError {
     /// A filesystem error of `op` on `paths`.
-    pub fn fs(op: &'static str, paths: &[&str], error: FsError) -> CliError {
+    pub fn fs(op: &'static str, paths: &[&str], error: impl Into<Failure>) -> CliError {
         CliError::Fs {
             op,
             paths: paths.iter().map(|p| (*p).to_string()).collect(),
-            error,
+            error: error.into(),
             hint: None,
         }
     }
@@ -118,7 +145,7 @@ impl CliError {
         match error {
             NodeError::Pool(error) => CliError::Pool { op, path: target.into(), error },
             NodeError::Fs(error) => {
-                CliError::Fs { op, paths: vec![target.into()], error, hint: None }
+                CliError::Fs { op, paths: vec![target.into()], error: error.into(), hint: None }
             }
         }
     }
@@ -145,7 +172,7 @@ impl CliError {
     /// The errno this error maps to.
     pub fn errno(&self) -> Errno {
         match self {
-            CliError::Fs { error, .. } => error.errno(),
+            CliError::Fs { error, .. } => error.errno,
             CliError::Verbs { error, .. } => error.errno(),
             CliError::Pool { error, .. } => error.errno(),
             CliError::Io { error, .. } => Errno::from(error),
@@ -183,10 +210,7 @@ impl CliError {
     fn detail(&self) -> String {
         match self {
             CliError::Fs { hint: Some(h), .. } => h.clone(),
-            CliError::Fs { paths, error: FsError::Mm(MmError::InvalidArgument(m)), .. } => {
-                strip_name(m, paths).to_string()
-            }
-            CliError::Fs { paths, error, .. } => strip_name(&error.to_string(), paths).to_string(),
+            CliError::Fs { paths, error, .. } => strip_name(&error.message, paths).to_string(),
             CliError::Verbs { hint: Some(h), .. } => h.clone(),
             // The transport's text repeats the errno: keep what failed.
             CliError::Verbs { target, error, .. } => match &**error {

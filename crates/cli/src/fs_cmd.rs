@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args, Subcommand};
 use pinwheel_fs::limits::{FRAMES_PER_INODE, INODES_MIN, NAME_MAX, PATH_MAX};
-use pinwheel_fs::{
-    Caller, CreateOptions, DefragOptions, FallocMode, FileKind, Filesystem, FsError, Ino,
-};
+use pinwheel_fs::{FallocMode, FileKind, Ino};
 use pinwheel_mm::Errno;
 
-use crate::error::CliError;
+use crate::error::{CliError, Failure};
+use crate::fs_api::FsApi;
 use crate::image;
 use crate::limits::{HINT_DEPTH_MAX, IO_CHUNK_BYTES};
 use crate::output::{self, EntryView, FsckView, LsView, StatView};
@@ -25,10 +24,19 @@ use crate::size::{human, parse_byte, parse_size};
 /// Filesystem commands on a pool file.
 #[derive(Args, Debug)]
 pub struct FsArgs {
-    /// The pool file holding the filesystem (made by `pinwheel mkfs`). No other pinwheel
-    /// process may be using it.
-    #[arg(long, value_name = "POOL")]
-    pub pool: PathBuf,
+    /// The pool file holding the filesystem (made by `pinwheel mkfs`), mounted for this one
+    /// command. No other pinwheel process may be using it.
+    #[arg(
+        long,
+        value_name = "POOL",
+        required_unless_present = "socket",
+        conflicts_with = "socket"
+    )]
+    pub pool: Option<PathBuf>,
+    /// Run the command on a live node through its daemon's socket instead (as a client
+    /// handle: a layout change under someone's pin fails as it would for an application).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: FsCommand,
@@ -294,18 +302,25 @@ fn check_paths(cmd: &FsCommand) -> Result<(), CliError> {
 /// Runs a filesystem command.
 pub fn run(args: FsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     check_paths(&args.command)?;
+    if args.socket.is_some() {
+        let ctx = crate::admin_cmd::connect(&args.socket, args.command.name())?;
+        return match args.command {
+            FsCommand::Fsck(a) => live_fsck(&ctx, &a, out),
+            cmd => dispatch(&ctx, cmd, out),
+        };
+    }
+    let pool = args.pool.unwrap_or_default();
     match args.command {
-        FsCommand::Fsck(a) => fsck(&args.pool, &a, out),
-        cmd => image::with_mounted(&args.pool, |fs| dispatch(fs, cmd, out)),
+        FsCommand::Fsck(a) => fsck(&pool, &a, out),
+        cmd => image::with_mounted(&pool, |fs| dispatch(fs, cmd, out)),
     }
 }
 
-fn dispatch(fs: &Filesystem, cmd: FsCommand, out: &mut dyn Write) -> Result<(), CliError> {
-    let admin = Caller::admin();
+fn dispatch(fs: &dyn FsApi, cmd: FsCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         FsCommand::Ls(a) => ls(fs, &a, out),
         FsCommand::Stat(a) => stat(fs, &a, out),
-        FsCommand::Write(a) => write(fs, &a, &admin, out),
+        FsCommand::Write(a) => write(fs, &a, out),
         FsCommand::Read(a) => read(fs, &a, out),
         FsCommand::Fallocate(a) => {
             let mode = if a.punch {
@@ -316,36 +331,31 @@ fn dispatch(fs: &Filesystem, cmd: FsCommand, out: &mut dyn Write) -> Result<(), 
                 FallocMode::Allocate { keep_size: a.keep_size }
             };
             let ino = lookup(fs, "fallocate", &a.path)?;
-            fs.fallocate(ino, a.offset, a.length, mode, &admin)
+            fs.fallocate(ino, a.offset, a.length, mode)
                 .map_err(|e| fs_err(fs, "fallocate", &[&a.path], e))
         }
         FsCommand::Truncate(a) => {
             let ino = lookup(fs, "truncate", &a.path)?;
-            fs.truncate(ino, a.size, &admin).map_err(|e| fs_err(fs, "truncate", &[&a.path], e))
+            fs.truncate(ino, a.size).map_err(|e| fs_err(fs, "truncate", &[&a.path], e))
         }
         FsCommand::Punch(a) => {
             let ino = lookup(fs, "punch", &a.path)?;
-            fs.fallocate(ino, a.offset, a.length, FallocMode::PunchHole, &admin)
+            fs.fallocate(ino, a.offset, a.length, FallocMode::PunchHole)
                 .map_err(|e| fs_err(fs, "punch", &[&a.path], e))
         }
-        FsCommand::Clone(a) => fs
-            .clone_file(&a.src, &a.dst, &admin)
-            .map(|_| ())
-            .map_err(|e| fs_err(fs, "clone", &[&a.src, &a.dst], e)),
+        FsCommand::Clone(a) => {
+            fs.clone_file(&a.src, &a.dst).map_err(|e| fs_err(fs, "clone", &[&a.src, &a.dst], e))
+        }
         FsCommand::Defrag(a) => {
             let ino = lookup(fs, "defrag", &a.path)?;
-            let r = fs
-                .defrag(ino, DefragOptions { huge: a.huge }, &admin)
-                .map_err(|e| fs_err(fs, "defrag", &[&a.path], e))?;
+            let r = fs.defrag(ino, a.huge).map_err(|e| fs_err(fs, "defrag", &[&a.path], e))?;
             output::defrag(out, &a.path, &r).map_err(stdout_err)
         }
-        FsCommand::Rm(a) => rm(fs, &a, &admin),
+        FsCommand::Rm(a) => rm(fs, &a),
         FsCommand::Mv(a) => {
-            fs.rename(&a.from, &a.to, &admin).map_err(|e| fs_err(fs, "mv", &[&a.from, &a.to], e))
+            fs.rename(&a.from, &a.to).map_err(|e| fs_err(fs, "mv", &[&a.from, &a.to], e))
         }
-        FsCommand::Mkdir(a) => {
-            fs.mkdir(&a.path).map(|_| ()).map_err(|e| fs_err(fs, "mkdir", &[&a.path], e))
-        }
+        FsCommand::Mkdir(a) => fs.mkdir(&a.path).map_err(|e| fs_err(fs, "mkdir", &[&a.path], e)),
         // Routed by `run` before mounting: fsck must work on an image mount refuses.
         FsCommand::Fsck(_) => Err(CliError::invalid("fsck", "", "fsck does not mount the image")),
     }
@@ -354,8 +364,8 @@ fn dispatch(fs: &Filesystem, cmd: FsCommand, out: &mut dyn Write) -> Result<(), 
 /// A filesystem error, with a hint naming the missing component (or the file in the way) when
 /// a path did not resolve.
 /// The first path must exist; for the others (destinations) only their parent must.
-fn fs_err(fs: &Filesystem, op: &'static str, paths: &[&str], e: FsError) -> CliError {
-    let hint = match e.errno() {
+fn fs_err(fs: &dyn FsApi, op: &'static str, paths: &[&str], e: Failure) -> CliError {
+    let hint = match e.errno {
         Errno::ENOENT | Errno::ENOTDIR => {
             paths.iter().enumerate().find_map(|(i, p)| missing_component(fs, p, i == 0))
         }
@@ -363,8 +373,8 @@ fn fs_err(fs: &Filesystem, op: &'static str, paths: &[&str], e: FsError) -> CliE
         Errno::ENAMETOOLONG => too_long(paths),
         Errno::ENOSPC => {
             // The filesystem reports a full inode table as "1 blocks needed, 0 free".
-            let st = fs.stats();
-            (st.inodes_used >= st.inodes_total).then(|| {
+            let st = fs.stats().unwrap_or_default();
+            (st.inodes_total > 0 && st.inodes_used >= st.inodes_total).then(|| {
                 format!(
                     "all {} inodes are in use (the inode table is sized by mkfs: one inode per \
                      {FRAMES_PER_INODE} frames of pool, at least {INODES_MIN})",
@@ -395,7 +405,7 @@ fn too_long(paths: &[&str]) -> Option<String> {
 
 /// Walks `path` from the root and names the first component that does not exist (or the file
 /// that is in the way of a directory). With `last` false, the final component is not checked.
-fn missing_component(fs: &Filesystem, path: &str, last: bool) -> Option<String> {
+fn missing_component(fs: &dyn FsApi, path: &str, last: bool) -> Option<String> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let n = if last { comps.len() } else { comps.len().saturating_sub(1) };
     let mut cur = String::from("/");
@@ -406,7 +416,7 @@ fn missing_component(fs: &Filesystem, path: &str, last: bool) -> Option<String> 
                 return Some(format!("{next} is a file, not a directory"));
             }
             Ok(_) => cur = next,
-            Err(e) if e.errno() == Errno::ENOENT => {
+            Err(e) if e.errno == Errno::ENOENT => {
                 return Some(format!("no entry {c:?} in {cur}"));
             }
             Err(_) => return None,
@@ -415,7 +425,7 @@ fn missing_component(fs: &Filesystem, path: &str, last: bool) -> Option<String> 
     None
 }
 
-fn lookup(fs: &Filesystem, op: &'static str, path: &str) -> Result<Ino, CliError> {
+fn lookup(fs: &dyn FsApi, op: &'static str, path: &str) -> Result<Ino, CliError> {
     fs.lookup(path).map_err(|e| fs_err(fs, op, &[path], e))
 }
 
@@ -423,7 +433,7 @@ fn stdout_err(e: io::Error) -> CliError {
     CliError::io("write", "stdout", "writing the output failed", e)
 }
 
-fn ls(fs: &Filesystem, a: &LsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+fn ls(fs: &dyn FsApi, a: &LsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let err = |e| fs_err(fs, "ls", &[&a.path], e);
     let st = fs.stat(&a.path).map_err(err)?;
     let entries = if st.kind == FileKind::Dir {
@@ -439,7 +449,7 @@ fn ls(fs: &Filesystem, a: &LsArgs, out: &mut dyn Write) -> Result<(), CliError> 
     output::emit(out, &LsView { path: a.path.clone(), entries }, a.json).map_err(stdout_err)
 }
 
-fn stat(fs: &Filesystem, a: &StatArgs, out: &mut dyn Write) -> Result<(), CliError> {
+fn stat(fs: &dyn FsApi, a: &StatArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let err = |e| fs_err(fs, "stat", &[&a.path], e);
     let st = fs.stat(&a.path).map_err(err)?;
     let extents = if a.extents { Some(fs.extents(st.ino).map_err(err)?) } else { None };
@@ -447,7 +457,7 @@ fn stat(fs: &Filesystem, a: &StatArgs, out: &mut dyn Write) -> Result<(), CliErr
 }
 
 /// The file at `path`, created (as a page-cache file with `page_cache`) if missing.
-fn open_or_create(fs: &Filesystem, path: &str, page_cache: bool) -> Result<Ino, CliError> {
+fn open_or_create(fs: &dyn FsApi, path: &str, page_cache: bool) -> Result<Ino, CliError> {
     match fs.stat(path) {
         Ok(st) if page_cache && !st.page_cache => Err(CliError::invalid(
             "write",
@@ -455,22 +465,17 @@ fn open_or_create(fs: &Filesystem, path: &str, page_cache: bool) -> Result<Ino, 
             "--page-cache applies when creating a file; this one exists and is a DAX file",
         )),
         Ok(st) => Ok(st.ino),
-        Err(e) if e.errno() == Errno::ENOENT => fs
-            .create(path, CreateOptions { page_cache })
-            .map_err(|e| fs_err(fs, "write", &[path], e)),
+        Err(e) if e.errno == Errno::ENOENT => {
+            fs.create(path, page_cache).map_err(|e| fs_err(fs, "write", &[path], e))
+        }
         Err(e) => Err(fs_err(fs, "write", &[path], e)),
     }
 }
 
-fn write(
-    fs: &Filesystem,
-    a: &WriteArgs,
-    admin: &Caller,
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
+fn write(fs: &dyn FsApi, a: &WriteArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let ino = open_or_create(fs, &a.path, a.page_cache)?;
     let mut put = |at: u64, data: &[u8]| {
-        fs.write(ino, at, data, admin).map(|_| ()).map_err(|e| fs_err(fs, "write", &[&a.path], e))
+        fs.write(ino, at, data).map_err(|e| fs_err(fs, "write", &[&a.path], e))
     };
     let written = match (&a.from, a.pattern, a.length) {
         (Some(from), _, _) => copy_in(from, a.offset, &mut put)?,
@@ -530,7 +535,7 @@ fn copy_in(
     }
 }
 
-fn read(fs: &Filesystem, a: &ReadArgs, out: &mut dyn Write) -> Result<(), CliError> {
+fn read(fs: &dyn FsApi, a: &ReadArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let err = |e| fs_err(fs, "read", &[&a.path], e);
     let st = fs.stat(&a.path).map_err(err)?;
     let end = match a.length {
@@ -562,13 +567,24 @@ fn read(fs: &Filesystem, a: &ReadArgs, out: &mut dyn Write) -> Result<(), CliErr
     sink.flush().map_err(|e| CliError::io("read", &shown, "writing the data failed", e))
 }
 
-fn rm(fs: &Filesystem, a: &RmArgs, admin: &Caller) -> Result<(), CliError> {
-    let r = if a.dir { fs.rmdir(&a.path) } else { fs.unlink(&a.path, admin) };
+fn rm(fs: &dyn FsApi, a: &RmArgs) -> Result<(), CliError> {
+    let r = if a.dir { fs.rmdir(&a.path) } else { fs.unlink(&a.path) };
     r.map_err(|e| {
-        let is_dir = e.errno() == Errno::EISDIR && !a.dir;
+        let is_dir = e.errno == Errno::EISDIR && !a.dir;
         let hint = is_dir.then(|| "is a directory; `rm --dir` removes an empty one".to_string());
         fs_err(fs, "rm", &[&a.path], e).with_hint(hint)
     })
+}
+
+/// fsck of a live node's filesystem, by its daemon.
+fn live_fsck(ctx: &dyn FsApi, a: &FsckArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let report = ctx.fsck().map_err(|e| CliError::fs("fsck", &["(live)"], e))?;
+    output::emit(out, &FsckView::new("(live node)", &report), a.json).map_err(stdout_err)?;
+    if report.clean() {
+        Ok(())
+    } else {
+        Err(CliError::Damaged { path: "(live node)".into(), errors: report.errors.len() })
+    }
 }
 
 fn fsck(pool: &Path, a: &FsckArgs, out: &mut dyn Write) -> Result<(), CliError> {

@@ -10,15 +10,19 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
 mod demo_cmd;
 mod devinfo_cmd;
 mod error;
+mod fs_api;
 mod fs_cmd;
 mod image;
 mod limits;
 mod mkfs_cmd;
+mod mr_cmd;
 mod output;
 mod perf;
+mod serve_cmd;
 mod size;
 
 use std::io::{self, BufWriter, Write};
@@ -27,6 +31,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::error::CliError;
+use pinwheel_node::proto::AdminQuery;
 
 /// The operation failed.
 const EXIT_FAILED: u8 = 1;
@@ -95,6 +100,22 @@ enum Command {
     /// With SERVER_ADDR: the client, which drives the run and prints the results. --loopback
     /// runs both sides in this process over two QPs of one device, without TCP.
     Perf(perf::PerfArgs),
+    /// Serve a node (pool, DAX filesystem, RDMA device) to client processes on a Unix socket
+    /// and to remote nodes on TCP, until SIGTERM/SIGINT.
+    Serve(serve_cmd::ServeArgs),
+    /// Long-term file pins of a live node: file, range, the MR and device handle holding each,
+    /// and the processes holding that handle (from /proc/<pid>/fd).
+    Pins(admin_cmd::AdminArgs),
+    /// Layout leases of a live node.
+    Leases(admin_cmd::AdminArgs),
+    /// Memory regions of a live node, with their handles and processes.
+    Mrs(admin_cmd::AdminArgs),
+    /// Device handles of a live node, the processes holding them and their objects.
+    Ps(admin_cmd::AdminArgs),
+    /// Register a file range as an MR from a client process (and hold it).
+    Mr(mr_cmd::MrArgs),
+    /// Device-handle tools (receive one passed with SCM_RIGHTS).
+    Handle(mr_cmd::HandleArgs),
 }
 
 fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
@@ -105,6 +126,17 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Fs(a) => fs_cmd::run(a, out),
         Command::Devinfo(a) => devinfo_cmd::run(a, out),
         Command::Perf(a) => perf::run(a, out),
+        Command::Serve(a) => serve_cmd::run(a, out),
+        Command::Pins(a) => admin_cmd::run(AdminQuery::Pins, a, out),
+        Command::Leases(a) => admin_cmd::run(AdminQuery::Leases, a, out),
+        Command::Mrs(a) => admin_cmd::run(AdminQuery::Mrs, a, out),
+        Command::Ps(a) => admin_cmd::run(AdminQuery::Ps, a, out),
+        Command::Mr(a) => match a.command {
+            mr_cmd::MrCommand::Reg(r) => mr_cmd::reg(r, out),
+        },
+        Command::Handle(a) => match a.command {
+            mr_cmd::HandleCommand::Recv(r) => mr_cmd::recv(r, out),
+        },
     }
 }
 

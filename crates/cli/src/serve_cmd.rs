@@ -66,6 +66,7 @@ pub fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -110,7 +111,10 @@ pub fn run(a: ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(
         out,
         "pinwheel serve: node {} on {shown}{tcp} (pool {}, policy {}, lease break {} ms)",
-        a.name, a.pool, a.policy.name(), a.lease_break_ms
+        a.name,
+        a.pool,
+        a.policy.name(),
+        a.lease_break_ms
     )
     .and_then(|()| out.flush())
     .map_err(|e| CliError::io("serve", "stdout", "writing", e))?;

@@ -15,8 +15,8 @@ pub mod convert;
 pub mod daemon;
 pub mod limits;
 pub mod procfs;
-pub mod sys;
 pub mod proto;
+pub mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
