@@ -339,3 +339,48 @@ fn daemon_fs_socket_matches_the_offline_tool() {
     let (ok, _, err) = run(&["ps", "--socket", "/nonexistent/pw.sock"]);
     assert!(!ok && err.contains("is `pinwheel serve --socket"), "{err}");
 }
+
+#[test]
+fn daemon_shared_mr_outlives_the_process_that_registered_it() {
+    use pinwheel::client::{Context, QpInit};
+    use pinwheel::{Access, SendWr, Sge, WcStatus};
+    use pinwheel_node::proto::{FsOp, Reply};
+    let n = serve("deny", &[]);
+    n.file("/shared");
+    let mut exporter = n.hold("/shared", &["--kind", "file", "--length", "65536", "--export"]);
+    let line = exporter.expect("export pd=");
+    let token = |name: &str| {
+        let v = line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap();
+        u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+    };
+    let me = Context::connect(&n.sock).unwrap();
+    let pd = me.import_pd(token("pd=")).unwrap();
+    let target = me.import_mr(token("mr=")).unwrap();
+    let src = me.alloc(4096).unwrap();
+    let smr = pd.reg_mr(src.addr(), 4096, Access::all_rw()).unwrap();
+    let cq = me.create_cq(16).unwrap();
+    let a = pd.create_qp(&cq, &cq, QpInit::default()).unwrap();
+    let b = pd.create_qp(&cq, &cq, QpInit::default()).unwrap();
+    a.connect(b.qpn(), Access::all_rw()).unwrap();
+    let ino = match me.fs(FsOp::Lookup { path: "/shared".into() }).unwrap() {
+        Reply::Ino(i) => i,
+        r => panic!("{r:?}"),
+    };
+    let write_and_check = |at: u64, text: &[u8]| {
+        src.write(0, text).unwrap();
+        let sge = Sge { addr: src.addr(), length: text.len() as u32, lkey: smr.lkey() };
+        a.post_send(&[SendWr::write(at, sge, target.addr() + at, target.rkey())]).unwrap();
+        let wc = cq.next(T).unwrap().expect("completion");
+        assert_eq!(wc.status, WcStatus::Success);
+        let r = me.fs(FsOp::Read { ino, offset: at, len: text.len() as u32 }).unwrap();
+        assert_eq!(r, Reply::Data(text.to_vec()), "the write landed in the file");
+    };
+    write_and_check(100, b"while the exporter lives");
+    exporter.kill9();
+    // The exporter's handle closes and its own objects go; the shared PD and MR live on.
+    n.until("the exporter's handle to close", |n| {
+        n.view("ps")["handles"].as_array().unwrap().len() == 2
+    });
+    write_and_check(5000, b"after the exporter died");
+    assert_eq!(n.view("mrs")["mrs"].as_array().unwrap().len(), 2, "the shared MR and ours");
+}

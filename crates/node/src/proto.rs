@@ -560,3 +560,76 @@ mod tests {
         assert_eq!(decode::<Request>(&b[..b.len() - 1]).unwrap_err().errno(), Errno::EPROTO);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn valid_requests() -> Vec<Vec<u8>> {
+        let reqs = vec![
+            Request::Hello { label: "x".into() },
+            Request::AllocPd,
+            Request::RegMr {
+                pd: ObjId(1 << 20),
+                target: MrTarget::File { file: ObjId(2), offset: 4096, len: 8192 },
+                access: 7,
+            },
+            Request::PostSend {
+                qp: ObjId(5),
+                wrs: vec![WireSendWr {
+                    wr_id: 1,
+                    opcode: 0,
+                    sg_list: vec![WireSge { addr: 1, length: 2, lkey: 3 }],
+                    remote_addr: 4,
+                    rkey: 5,
+                    imm: 6,
+                    compare_add: 7,
+                    swap: 8,
+                    signaled: true,
+                    inline_data: Some(vec![1, 2, 3]),
+                }],
+            },
+            Request::Fs(FsOp::Write { ino: 3, offset: 9, data: vec![0; 100] }),
+            Request::Admin(AdminQuery::Ps),
+        ];
+        reqs.iter().map(|r| encode(r).expect("encodes")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic the decoder: a request or an error.
+        #[test]
+        fn proto_decoder_survives_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Reply>(&bytes);
+            // Past the version check too: the right version, then garbage.
+            let mut v = encode(&0u8).expect("encodes");
+            v.truncate(1);
+            v.extend_from_slice(&bytes);
+            let _ = decode::<Request>(&v);
+            let _ = decode::<Reply>(&v);
+        }
+
+        /// Valid requests with bytes flipped, cut or extended: never a panic, and a huge
+        /// length prefix never makes the decoder allocate it.
+        #[test]
+        fn proto_decoder_survives_mutated_requests(
+            which in 0usize..6,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut b = valid_requests()[which].clone();
+            for (at, x) in flips {
+                let n = b.len();
+                b[at % n] ^= x;
+            }
+            b.truncate(cut % (b.len() + 1));
+            b.extend_from_slice(&tail);
+            let _ = decode::<Request>(&b);
+        }
+    }
+}

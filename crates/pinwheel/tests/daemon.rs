@@ -180,3 +180,58 @@ fn daemon_refuses_garbage_and_keeps_serving() {
     assert_eq!(e.errno(), Errno::EFAULT, "{e}");
     assert_eq!(ps(&a).handles.len(), 1, "still serving");
 }
+
+/// A client sending garbage and mutated requests: answers are errors (or ignored), the daemon
+/// and the other clients keep working, nothing else changes.
+#[test]
+fn daemon_survives_a_fuzzing_client() {
+    use pinwheel::node::channel;
+    use pinwheel::node::proto::{MrTarget, Request, encode};
+    let (d, _dir) = daemon(PinPolicy::Deny);
+    let good = Context::connect(d.socket()).unwrap();
+    let pd = good.alloc_pd().unwrap();
+    let buf = good.alloc(4096).unwrap();
+    let mr = pd.reg_mr(buf.addr(), 4096, Access::all_rw()).unwrap();
+    let fuzzer = Context::connect(d.socket()).unwrap();
+    let seeds: Vec<Vec<u8>> = [
+        Request::AllocPd,
+        Request::RegMr {
+            pd: pinwheel::node::proto::ObjId(1 << 20),
+            target: MrTarget::Memory { addr: buf.addr(), len: 4096, on_demand: false },
+            access: 15,
+        },
+        Request::Load { addr: buf.addr(), len: 16 },
+        Request::PollCq { cq: pinwheel::node::proto::ObjId(3), max: 4, wait_ms: 0 },
+        Request::Frames { addr: 0, len: u64::MAX },
+    ]
+    .iter()
+    .map(|r| encode(r).unwrap())
+    .collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..400 {
+        let mut b = seeds[i % seeds.len()].clone();
+        for _ in 0..(next() % 4) {
+            let n = b.len();
+            b[(next() as usize) % n] ^= next() as u8;
+        }
+        b.truncate(b.len() - (next() as usize % 3).min(b.len()));
+        let (mine, theirs) = channel::seqpacket_pair().unwrap();
+        channel::send(fuzzer.handle_fd(), &b, &[theirs.as_fd()]).unwrap();
+        drop(theirs);
+        // Every datagram with a reply socket is answered (or the answer socket closes).
+        assert!(channel::wait_readable(mine.as_fd(), T).unwrap(), "datagram {i} unanswered");
+    }
+    // The other client's data path is untouched.
+    buf.write(0, b"still here").unwrap();
+    let mut got = [0u8; 10];
+    buf.read(0, &mut got).unwrap();
+    assert_eq!(&got, b"still here");
+    assert_eq!(ps(&good).handles.len(), 2);
+    drop(mr);
+}
