@@ -49,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) faults: AtomicU64,
     pub(crate) frames_zeroed: AtomicU64,
     pub(crate) frames_discarded: AtomicU64,
+    pub(crate) quarantined: AtomicU64,
 }
 
 /// A snapshot of the memory core's figures.
@@ -215,10 +216,48 @@ impl Memory {
     }
 
     /// Frees frames nobody refers to. Invariant 1: asserts if any is mapped, pinned or
-    /// referenced.
+    /// referenced — except quarantined frames, which their quarantine keeps (they are freed
+    /// when it is lifted).
     pub fn free(&self, run: FrameRun) {
-        self.frames.release(run);
-        self.give_back(&[run]);
+        if !run.iter().any(|p| self.frames.info(p).flags.contains(FrameFlags::QUARANTINED)) {
+            self.frames.release(run);
+            self.give_back(&[run]);
+            return;
+        }
+        for p in run.iter() {
+            if self.frames.info(p).flags.contains(FrameFlags::QUARANTINED) {
+                // The quarantine's reference keeps it; it is freed when that goes.
+                self.drop_owner(FrameRun::new(p, 1));
+            } else {
+                let one = FrameRun::new(p, 1);
+                self.frames.release(one);
+                self.give_back(&[one]);
+            }
+        }
+    }
+
+    /// Holds `frames` back from reuse until the returned [`Quarantine`] is dropped: a client
+    /// process that did not acknowledge an invalidation in time may still load and store
+    /// through its stale mapping of them, so they must not become another file's blocks
+    /// (DESIGN.md, "Who executes a transfer"). The owner may free them meanwhile; they are
+    /// freed for real when the quarantine is lifted.
+    pub fn quarantine(self: &Arc<Self>, frames: &[Pfn]) -> Quarantine {
+        let mut held = Vec::with_capacity(frames.len());
+        for &p in frames {
+            if p.raw() >= self.pool.frames() || self.frames.owner(p) == Owner::Free {
+                continue;
+            }
+            self.frames.get(p);
+            self.frames.set_flags(p, FrameFlags::QUARANTINED);
+            held.push(p);
+        }
+        self.counters.quarantined.fetch_add(held.len() as u64, Ordering::Relaxed);
+        Quarantine { mem: Arc::clone(self), frames: held }
+    }
+
+    /// Frames quarantined now.
+    pub fn quarantined(&self) -> u64 {
+        self.counters.quarantined.load(Ordering::Relaxed)
     }
 
     fn give_back(&self, runs: &[FrameRun]) {
@@ -407,5 +446,29 @@ impl Memory {
     /// Largest contiguous run an allocation can return, in frames.
     pub fn max_contiguous_frames(&self) -> u64 {
         1 << self.buddy.lock().max_order()
+    }
+}
+
+/// Frames held back from reuse (see [`Memory::quarantine`]); lifted on drop.
+#[derive(Debug)]
+pub struct Quarantine {
+    mem: Arc<Memory>,
+    frames: Vec<Pfn>,
+}
+
+impl Quarantine {
+    /// The frames held.
+    pub fn frames(&self) -> &[Pfn] {
+        &self.frames
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        for &p in &self.frames {
+            self.mem.frames.clear_flags(p, FrameFlags::QUARANTINED);
+        }
+        self.mem.counters.quarantined.fetch_sub(self.frames.len() as u64, Ordering::Relaxed);
+        self.mem.put_heads(std::mem::take(&mut self.frames), Release::Put);
     }
 }

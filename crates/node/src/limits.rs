@@ -23,5 +23,10 @@ pub const MAX_WR_PER_CALL: usize = 1024;
 pub const ANSWER_MARGIN_MS: u64 = 120_000;
 /// Export tokens alive at once.
 pub const MAX_EXPORTS: usize = 4096;
+/// How long the daemon waits for a client process to acknowledge the invalidation of its
+/// file mapping before quarantining the frames (a live process answers in microseconds).
+pub const NOTIFY_ACK_MS: u64 = 2_000;
+/// Notification sockets per handle (one per process using it).
+pub const MAX_NOTIFY_PER_HANDLE: usize = 64;
 /// Label length at `Hello`.
 pub const MAX_LABEL: usize = 64;

@@ -256,6 +256,12 @@ pub enum Request {
     },
     /// Removes a mapping.
     Unmap { map: ObjId },
+    /// Registers the calling process's notification socket (attached as a second descriptor):
+    /// invalidations of its file mappings arrive there as [`Notice`]s to acknowledge.
+    RegisterNotify,
+    /// The frame behind page `page` of mapping `map`, faulted as a load or a store would
+    /// (beyond the end of the file: `EFAULT`, which the client turns into SIGBUS).
+    Fault { map: ObjId, page: u64, write: bool },
     /// Reads `len` bytes at a virtual address of the handle's address space (faulting as a
     /// load would; beyond EOF is `EFAULT`, the SIGBUS of a real mapping).
     Load { addr: u64, len: u32 },
@@ -489,6 +495,40 @@ pub enum Reply {
     Ps(PsView),
     /// An export token.
     Token(u64),
+    /// The frame behind a mapped page, as of invalidation `seq` of its mapping.
+    Frame {
+        /// Pool offset of the frame.
+        offset: u64,
+        /// Invalidations of the mapping so far: a client that has since acknowledged a later
+        /// one must not install this frame.
+        seq: u64,
+        /// Mapped writable (a store fault was served).
+        writable: bool,
+    },
+}
+
+/// A message from the daemon on a process's notification socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Stop using pages `[first_page, first_page + pages)` of mapping `map` (unmap them), then
+    /// answer [`NoticeAck`] with `seq`. The daemon holds the layout change until then.
+    Invalidate {
+        /// The mapping.
+        map: ObjId,
+        /// First page.
+        first_page: u64,
+        /// Pages.
+        pages: u64,
+        /// The mapping's invalidation number.
+        seq: u64,
+    },
+}
+
+/// A process's answer to a [`Notice`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeAck {
+    /// The notice's `seq`.
+    pub seq: u64,
 }
 
 /// An error as it crosses the socket.
@@ -568,7 +608,7 @@ mod fuzz {
     use super::*;
 
     fn valid_requests() -> Vec<Vec<u8>> {
-        let reqs = vec![
+        let reqs = [
             Request::Hello { label: "x".into() },
             Request::AllocPd,
             Request::RegMr {

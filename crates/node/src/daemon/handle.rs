@@ -20,9 +20,11 @@ use crate::channel;
 use crate::convert;
 use crate::daemon::Shared;
 use crate::daemon::fsops;
+use crate::daemon::mapping::{MapWatch, NotifyChan};
 use crate::daemon::objects::{Obj, Objects};
 use crate::limits::{
-    MAX_IO_BYTES, MAX_LABEL, MAX_WAIT_MS, MAX_WAITING_PER_HANDLE, MAX_WR_PER_CALL,
+    MAX_IO_BYTES, MAX_LABEL, MAX_NOTIFY_PER_HANDLE, MAX_WAIT_MS, MAX_WAITING_PER_HANDLE,
+    MAX_WR_PER_CALL, NOTIFY_ACK_MS,
 };
 use crate::proto::{
     self, MrTarget, ObjId, Reply, Request, Welcome, WireError, WireLease, WireMr, WireQp,
@@ -48,6 +50,10 @@ pub(crate) struct HandleState {
     waiting: AtomicUsize,
     /// The daemon's end of the handle socket.
     pub(crate) sock: OwnedFd,
+    /// Notification sockets of the processes using the handle's file mappings, by pid.
+    notifiers: Mutex<std::collections::HashMap<u32, Arc<NotifyChan>>>,
+    /// Frames quarantined for processes of this handle; lifted when the handle closes.
+    quarantine: Arc<Mutex<Vec<pinwheel_mm::Quarantine>>>,
 }
 
 type Answer = Result<Reply, WireError>;
@@ -73,6 +79,7 @@ fn waits(req: &Request) -> bool {
         Request::Fs(_) | Request::RegMr { .. } => true,
         Request::RestoreMr { .. } | Request::Store { .. } | Request::Load { .. } => true,
         Request::SetLease { .. } | Request::OpenFile { .. } | Request::Admin(_) => true,
+        Request::Fault { .. } | Request::MapFile { .. } => true,
         _ => false,
     }
 }
@@ -95,6 +102,8 @@ impl HandleState {
             objects: Mutex::new(Objects::default()),
             waiting: AtomicUsize::new(0),
             sock,
+            notifiers: Mutex::new(std::collections::HashMap::new()),
+            quarantine: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -115,7 +124,7 @@ impl HandleState {
                 tracing::warn!(handle = self.no, pid = ?got.pid, "request without a reply socket");
                 continue;
             };
-            drop(fds); // anything else attached is not ours to keep
+            let extra = fds.next(); // a notification socket (`RegisterNotify`), else dropped
             let req: Request = match proto::decode(&got.bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -138,7 +147,7 @@ impl HandleState {
                 let spawned = std::thread::Builder::new()
                     .name(format!("pw-h{}-wait", self.no))
                     .spawn(move || {
-                        me.execute(&sh, req, &reply_to, got.pid);
+                        me.execute(&sh, req, &reply_to, got.pid, extra);
                         me.waiting.fetch_sub(1, Ordering::AcqRel);
                     });
                 if let Err(e) = spawned {
@@ -146,12 +155,19 @@ impl HandleState {
                     tracing::error!(error = %e, "cannot spawn a request thread");
                 }
             } else {
-                self.execute(shared, req, &reply_to, got.pid);
+                self.execute(shared, req, &reply_to, got.pid, extra);
             }
         }
     }
 
-    fn execute(&self, shared: &Arc<Shared>, req: Request, reply_to: &OwnedFd, pid: Option<u32>) {
+    fn execute(
+        &self,
+        shared: &Arc<Shared>,
+        req: Request,
+        reply_to: &OwnedFd,
+        pid: Option<u32>,
+        extra: Option<OwnedFd>,
+    ) {
         let what = format!("{req:?}");
         let what = &what[..what.floor_char_boundary(120)];
         if let Request::Hello { label } = &req {
@@ -165,7 +181,13 @@ impl HandleState {
             channel::answer(reply_to, &w, &[shared.node.memory.pool().fd()]);
             return;
         }
-        let r = self.dispatch(shared, req);
+        let r = match req {
+            Request::RegisterNotify => self.register_notify(pid, extra),
+            Request::MapFile { path, offset, len, write } => {
+                self.map_file(shared, pid, &path, offset, len, write)
+            }
+            req => self.dispatch(shared, req),
+        };
         if let Err(e) = &r {
             tracing::debug!(handle = self.no, pid = ?pid, request = what, error = %e, "refused");
         }
@@ -282,22 +304,23 @@ impl HandleState {
             }
             Request::Free { buf } | Request::Unmap { map: buf } => {
                 let (addr, len) = self.lookup(buf, "buffer", |o| match o {
-                    Obj::Buffer { addr, len } | Obj::Mapping { addr, len } => Some((*addr, *len)),
+                    Obj::Buffer { addr, len } | Obj::Mapping { addr, len, .. } => {
+                        Some((*addr, *len))
+                    }
                     _ => None,
                 })?;
                 self.aspace.munmap(VirtAddr::new(addr), len).map_err(merr)?;
                 self.objects.lock().remove(buf);
                 Ok(Reply::Ok)
             }
-            Request::MapFile { path, offset, len, write } => {
-                let ino = fs.lookup(&path).map_err(ferr)?;
-                let backing = fs.backing(ino).map_err(ferr)?;
-                let prot = if write { Prot::READ | Prot::WRITE } else { Prot::READ };
-                let req = MmapRequest::file(backing, FileOffset::new(offset), len).prot(prot);
-                let addr = self.aspace.mmap(req).map_err(merr)?;
-                let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-                let id = self.insert(Obj::Mapping { addr: addr.raw(), len })?;
-                Ok(Reply::Mapped { id, addr: addr.raw() })
+            Request::RegisterNotify | Request::MapFile { .. } => Ok(Reply::Ok), // in execute
+            Request::Fault { map, page, write } => {
+                let w = self.lookup(map, "mapping", |o| match o {
+                    Obj::Mapping { watch, .. } => watch.clone(),
+                    _ => None,
+                })?;
+                let (offset, seq, writable) = w.fault(page, write)?;
+                Ok(Reply::Frame { offset, seq, writable })
             }
             Request::Load { addr, len } => {
                 if len > MAX_IO_BYTES {
@@ -486,6 +509,72 @@ impl HandleState {
         }
     }
 
+    fn register_notify(&self, pid: Option<u32>, sock: Option<OwnedFd>) -> Answer {
+        let (Some(pid), Some(sock)) = (pid, sock) else {
+            return Err(err(
+                Errno::EINVAL,
+                "RegisterNotify needs the notification socket attached",
+            ));
+        };
+        let mut n = self.notifiers.lock();
+        if n.len() >= MAX_NOTIFY_PER_HANDLE && !n.contains_key(&pid) {
+            return Err(err(Errno::EMFILE, format!("{MAX_NOTIFY_PER_HANDLE} processes notified")));
+        }
+        n.insert(pid, Arc::new(NotifyChan::new(pid, sock)));
+        Ok(Reply::Ok)
+    }
+
+    /// Maps a file range in the handle's address space; when the asking process registered a
+    /// notification socket it may map the frames itself (`Fault`), and layout changes take
+    /// them back through it.
+    fn map_file(
+        &self,
+        shared: &Arc<Shared>,
+        pid: Option<u32>,
+        path: &str,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Answer {
+        let fs = &shared.node.fs;
+        let ino = fs.lookup(path).map_err(ferr)?;
+        let backing = fs.backing(ino).map_err(ferr)?;
+        let prot = if write { Prot::READ | Prot::WRITE } else { Prot::READ };
+        let req = MmapRequest::file(backing, FileOffset::new(offset), len).prot(prot);
+        let addr = self.aspace.mmap(req).map_err(merr)?;
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let chan = pid.and_then(|p| self.notifiers.lock().get(&p).cloned());
+        let watch = match chan {
+            Some(chan) => match MapWatch::start(
+                addr.raw(),
+                len / PAGE_SIZE,
+                chan,
+                Arc::clone(&self.aspace),
+                Arc::clone(&shared.node.memory),
+                Arc::clone(&self.quarantine),
+                Duration::from_millis(NOTIFY_ACK_MS),
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    let _ = self.aspace.munmap(addr, len);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let id = match self.insert(Obj::Mapping { addr: addr.raw(), len, watch: watch.clone() }) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.aspace.munmap(addr, len);
+                return Err(e);
+            }
+        };
+        if let Some(w) = watch {
+            w.set_id(id);
+        }
+        Ok(Reply::Mapped { id, addr: addr.raw() })
+    }
+
     fn frames(&self, addr: u64, len: u64) -> Answer {
         let objs = self.objects.lock();
         let inside = objs.iter().any(|(_, o)| {
@@ -553,7 +642,7 @@ impl HandleState {
             }
         }
         for o in objs {
-            if let Obj::Buffer { addr, len } | Obj::Mapping { addr, len } = &o {
+            if let Obj::Buffer { addr, len } | Obj::Mapping { addr, len, .. } = &o {
                 let _ = self.aspace.munmap(VirtAddr::new(*addr), *len);
             }
             drop(o);

@@ -22,6 +22,7 @@
 mod admin;
 mod fsops;
 mod handle;
+mod mapping;
 mod objects;
 
 use std::collections::{BTreeMap, HashMap};

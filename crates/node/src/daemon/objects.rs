@@ -35,6 +35,7 @@ pub(crate) enum Obj {
     Mapping {
         addr: u64,
         len: u64,
+        watch: Option<Arc<super::mapping::MapWatch>>,
     },
     File(Arc<OpenFile>),
 }
@@ -167,7 +168,7 @@ mod tests {
         let a = t.insert(Obj::Buffer { addr: 1, len: 1 }).unwrap();
         assert!(t.get(a).is_some());
         assert!(t.remove(a).is_some());
-        let b = t.insert(Obj::Mapping { addr: 2, len: 1 }).unwrap();
+        let b = t.insert(Obj::Mapping { addr: 2, len: 1, watch: None }).unwrap();
         assert_ne!(a, b, "the slot is reused with a new generation");
         assert!(t.get(a).is_none(), "a stale id fails");
         assert!(t.remove(a).is_none());

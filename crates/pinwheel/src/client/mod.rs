@@ -13,7 +13,9 @@
 //! [`Buffer::read`] returns, with no copy through the daemon. File mappings are served by the
 //! daemon ([`Mapping::read`]).
 
+mod dax;
 mod objects;
+mod sys;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -72,6 +74,8 @@ pub(crate) struct Conn {
     handle: OwnedFd,
     pub(crate) pool: Pool,
     welcome: Welcome,
+    /// This process's notification channel for file mappings (made on first use).
+    pub(crate) notify: parking_lot::Mutex<Option<dax::Notify>>,
 }
 
 impl Conn {
@@ -81,6 +85,9 @@ impl Conn {
     }
     pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
         self.call_waiting(req, Duration::ZERO)
+    }
+    pub(crate) fn handle_fd(&self) -> BorrowedFd<'_> {
+        self.handle.as_fd()
     }
 }
 
@@ -155,7 +162,14 @@ impl Context {
             return Err(Error::new(Errno::EPROTO, "Welcome without the handle and pool"));
         };
         let pool = map_pool(pool, &w)?;
-        Ok(Context { conn: Arc::new(Conn { handle, pool, welcome: w }) })
+        Ok(Context {
+            conn: Arc::new(Conn {
+                handle,
+                pool,
+                welcome: w,
+                notify: parking_lot::Mutex::new(None),
+            }),
+        })
     }
 
     /// Opens the default socket ([`default_socket`]).
@@ -176,7 +190,14 @@ impl Context {
             .next()
             .ok_or_else(|| Error::new(Errno::EPROTO, "Welcome without the pool"))?;
         let pool = map_pool(pool, &w)?;
-        Ok(Context { conn: Arc::new(Conn { handle, pool, welcome: w }) })
+        Ok(Context {
+            conn: Arc::new(Conn {
+                handle,
+                pool,
+                welcome: w,
+                notify: parking_lot::Mutex::new(None),
+            }),
+        })
     }
 
     /// The device handle (to `dup`, to send with `SCM_RIGHTS`, or to keep across `fork`).
@@ -204,7 +225,14 @@ impl Context {
         objects::alloc(self, len)
     }
 
-    /// Maps `[offset, offset + len)` of a file of the node's filesystem.
+    /// Faults this process's file mappings have taken so far (each maps one frame).
+    pub fn faults_served() -> u64 {
+        sys::FAULTS_SERVED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Maps `[offset, offset + len)` of a file of the node's filesystem into this process:
+    /// loads and stores reach the file's frames directly and stay coherent with layout
+    /// changes (an access beyond the end of the file raises SIGBUS).
     pub fn map_file(&self, path: &str, offset: u64, len: u64, write: bool) -> Result<Mapping> {
         objects::map_file(self, path, offset, len, write)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pinwheel_mm::{Errno, PoolOffset};
 use pinwheel_node::convert;
-use pinwheel_node::limits::{MAX_IO_BYTES, MAX_WAIT_MS, MAX_WR_PER_CALL};
+use pinwheel_node::limits::{MAX_WAIT_MS, MAX_WR_PER_CALL};
 use pinwheel_node::proto::{MrTarget, ObjId, Reply, Request, WireLease, WireMr, WireQpInit};
 use pinwheel_verbs::{Access, Lkey, Qpn, RecvWr, Rkey, SendWr, WcOpcode, WcStatus, WorkCompletion};
 
@@ -454,10 +454,14 @@ impl Buffer {
     }
 }
 
-/// A file mapped in the handle's address space (from [`Context::map_file`]).
+/// A file mapped into this process (from [`Context::map_file`]): loads and stores go to the
+/// node's frames directly.
 #[derive(Debug)]
 pub struct Mapping {
-    inner: Owned,
+    // Dropped first: the local range goes before the daemon's mapping.
+    local: Arc<super::dax::LocalMap>,
+    /// The daemon's mapping (unmapped on drop).
+    _inner: Owned,
     addr: u64,
     len: u64,
 }
@@ -469,18 +473,18 @@ pub(super) fn map_file(
     len: u64,
     write: bool,
 ) -> Result<Mapping> {
+    super::dax::ensure_notify(&ctx.conn)?;
     let req = Request::MapFile { path: path.to_string(), offset, len, write };
     let r = ctx.conn.call(&req)?;
     let Reply::Mapped { id, addr } = r else { return Err(unexpected(r)) };
-    Ok(Mapping {
-        inner: Owned { ctx: ctx.clone(), id, destroy: |map| Request::Unmap { map } },
-        addr,
-        len,
-    })
+    let inner = Owned { ctx: ctx.clone(), id, destroy: |map| Request::Unmap { map } };
+    let pages_len = len.next_multiple_of(pinwheel_mm::PAGE_SIZE) as usize;
+    let local = super::dax::LocalMap::new(&ctx.conn, id, pages_len, write)?;
+    Ok(Mapping { local, _inner: inner, addr, len })
 }
 
 impl Mapping {
-    /// Its address in the handle's address space.
+    /// Its address in the handle's address space (what `reg_mr` takes).
     pub fn addr(&self) -> u64 {
         self.addr
     }
@@ -492,30 +496,38 @@ impl Mapping {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Loads bytes (a fault beyond the end of the file is `EFAULT`: SIGBUS on Linux).
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = (buf.len() - done).min(MAX_IO_BYTES as usize);
-            let req = Request::Load { addr: self.addr + off + done as u64, len: n as u32 };
-            match self.inner.ctx.conn.call(&req)? {
-                Reply::Data(d) if d.len() == n => buf[done..done + n].copy_from_slice(&d),
-                r => return Err(unexpected(r)),
-            }
-            done += n;
+    fn check(&self, off: u64, n: usize) -> Result<()> {
+        if off.checked_add(n as u64).is_none_or(|e| e > self.len) {
+            return Err(Error::new(
+                Errno::EFAULT,
+                format!("{off:#x}+{n:#x} is outside the {}-byte mapping", self.len),
+            ));
         }
         Ok(())
     }
-    /// Stores bytes.
+    /// Loads bytes through this process's mapping (pages fault in as needed; beyond the end
+    /// of the file the access raises SIGBUS, as on Linux).
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(off, buf.len())?;
+        self.local.load(off as usize, buf)
+    }
+    /// Stores bytes through this process's mapping.
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
-        for (i, chunk) in data.chunks(MAX_IO_BYTES as usize).enumerate() {
-            let at = self.addr + off + (i * MAX_IO_BYTES as usize) as u64;
-            match self.inner.ctx.conn.call(&Request::Store { addr: at, data: chunk.to_vec() })? {
-                Reply::Ok => {}
-                r => return Err(unexpected(r)),
-            }
+        self.check(off, data.len())?;
+        if !self.local.writable {
+            return Err(Error::new(Errno::EACCES, "the mapping is read-only"));
         }
-        Ok(())
+        self.local.store(off as usize, data)
+    }
+    /// Pages this process has mapped now.
+    pub fn resident_pages(&self) -> usize {
+        self.local.resident()
+    }
+    /// The first byte in this process, for code that loads and stores through raw pointers
+    /// (accesses beyond the end of the file raise SIGBUS). Starts the fault service.
+    pub fn as_ptr(&self) -> Result<*const u8> {
+        self.local.activate()?;
+        Ok(self.local.base as *const u8)
     }
 }
 
