@@ -210,7 +210,14 @@ impl CliError {
     fn detail(&self) -> String {
         match self {
             CliError::Fs { hint: Some(h), .. } => h.clone(),
-            CliError::Fs { paths, error, .. } => strip_name(&error.message, paths).to_string(),
+            CliError::Fs { op, paths, error, .. } => {
+                // The filesystem's layout-change messages start with "<op> <path>: " too.
+                let m = paths
+                    .iter()
+                    .find_map(|p| error.message.strip_prefix(&format!("{op} {p}: ")))
+                    .unwrap_or(&error.message);
+                strip_name(m, paths).to_string()
+            }
             CliError::Verbs { hint: Some(h), .. } => h.clone(),
             // The transport's text repeats the errno: keep what failed.
             CliError::Verbs { target, error, .. } => match &**error {

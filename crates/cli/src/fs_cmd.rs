@@ -26,15 +26,11 @@ use crate::size::{human, parse_byte, parse_size};
 pub struct FsArgs {
     /// The pool file holding the filesystem (made by `pinwheel mkfs`), mounted for this one
     /// command. No other pinwheel process may be using it.
-    #[arg(
-        long,
-        value_name = "POOL",
-        required_unless_present = "socket",
-        conflicts_with = "socket"
-    )]
+    #[arg(long, value_name = "POOL", conflicts_with = "socket")]
     pub pool: Option<PathBuf>,
     /// Run the command on a live node through its daemon's socket instead (as a client
     /// handle: a layout change under someone's pin fails as it would for an application).
+    /// Without --pool and --socket, `$PINWHEEL_SOCKET` is used if set.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// The command.
@@ -302,6 +298,18 @@ fn check_paths(cmd: &FsCommand) -> Result<(), CliError> {
 /// Runs a filesystem command.
 pub fn run(args: FsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     check_paths(&args.command)?;
+    let args = match (&args.pool, &args.socket, std::env::var_os("PINWHEEL_SOCKET")) {
+        (None, None, Some(env)) => FsArgs { socket: Some(PathBuf::from(env)), ..args },
+        (None, None, None) => {
+            return Err(CliError::invalid(
+                "fs",
+                args.command.name(),
+                "give --pool POOL (a pool file) or --socket PATH (a live node), or set \
+                 PINWHEEL_SOCKET",
+            ));
+        }
+        _ => args,
+    };
     if args.socket.is_some() {
         let ctx = crate::admin_cmd::connect(&args.socket, args.command.name())?;
         return match args.command {

@@ -341,7 +341,12 @@ fn bootstrap(shared: &Arc<Shared>, conn: OwnedFd) -> Result<(), WireError> {
     let client_ino = procfs::inode_of(c.as_fd()).map_err(|e| io("fstat", e))?;
     let comm = peer.map(procfs::comm).unwrap_or_else(|| "?".into());
     let owner = OwnerId(shared.next_owner.fetch_add(1, Ordering::Relaxed));
-    let tag = format!("{label} (pid {} {comm})", peer.unwrap_or(0));
+    let pid = peer.unwrap_or(0);
+    let tag = if label == comm || label.is_empty() {
+        format!("pid {pid} ({comm})")
+    } else {
+        format!("{label} (pid {pid} {comm})")
+    };
     let ctx = shared.node.device.open_context(owner, tag.clone());
     let no = ctx.handle();
     let aspace = AddressSpace::new(&shared.node.memory);
