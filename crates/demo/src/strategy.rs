@@ -6,27 +6,8 @@ use std::str::FromStr;
 
 use pinwheel::fs::PinPolicy;
 
-/// How the server registers the victim.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum MrKind {
-    /// Classic MR: frames pinned long-term at registration.
-    Pinned,
-    /// On-demand paging.
-    Odp,
-    /// Registered by file and offset.
-    File,
-}
-
-impl MrKind {
-    /// Name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            MrKind::Pinned => "pinned",
-            MrKind::Odp => "odp",
-            MrKind::File => "file",
-        }
-    }
-}
+/// How the server registers the victim: the verbs MR kinds (pinned, ODP, file).
+pub use pinwheel::MrKind;
 
 /// Where the victim's data lives.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
