@@ -55,7 +55,7 @@ pub use backing::{BackingKind, FileBacking, FilePinGuard, PinOwner};
 pub use clock::{Clock, ManualClock, RealClock};
 pub use error::{Errno, MmError, Result};
 pub use frame::{FILE_ID_MAX, FrameFlags, FrameInfo, FrameTable, Owner};
-pub use memory::{MemStats, Memory};
+pub use memory::{MemStats, Memory, Quarantine};
 pub use notifier::{
     IntervalNotifier, InvalidateGuard, InvalidateReason, Invalidation, NotifierHandle, NotifierHub,
     Subscription,
