@@ -92,6 +92,18 @@ impl CqInner {
         }
     }
 
+    /// A client process found the ring full (and set its overflow flag first): `CQ_ERR`.
+    pub(crate) fn report_lost(&self) {
+        if self.ring.overflowed(self.pool())
+            && let Some(ctx) = self.ctx.upgrade()
+        {
+            ctx.events.post(AsyncEvent::new(
+                EventType::CqErr,
+                format!("CQ {} overflowed (depth {}) under a client process", self.id, self.depth),
+            ));
+        }
+    }
+
     fn pop(&self) -> Option<WorkCompletion> {
         let mut w = [0u64; CQE_WORDS as usize];
         // Bounded: every pop removes an entry, and there are at most `depth` of them.

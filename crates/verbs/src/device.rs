@@ -13,6 +13,7 @@ use pinwheel_fs::{Filesystem, OwnerId};
 use pinwheel_mm::{Memory, PAGE_SIZE};
 
 use crate::context::{Context, ContextInner};
+use crate::error::{VerbsError, VerbsResult};
 use crate::limits::*;
 use crate::mr::{MrInfo, MrInner};
 use crate::qp::{QpInfo, QpInner};
@@ -321,6 +322,18 @@ impl Device {
         if let Some(r) = &self.0.region {
             r.reap();
         }
+    }
+
+    /// Faults bytes `[off, off + len)` of the MR named `key` in (an ODP or file MR; nothing
+    /// to do for a pinned one): a client process found them absent from the MR's translation
+    /// table. The key is the capability: any MR of the node can be named.
+    pub fn fault_for_client(&self, key: u32, off: u64, len: u64, write: bool) -> VerbsResult<()> {
+        let mr = self
+            .0
+            .mrs
+            .get(key)
+            .ok_or_else(|| VerbsError::invalid(format!("key {key:#x}: no such MR")))?;
+        mr.prefetch(off, len, write)
     }
 
     /// Quarantines in force (each holds the frames of one drain that gave up waiting).

@@ -525,6 +525,43 @@ impl QueuePair {
         self.0.caps
     }
 
+    /// Its slot in the device region's QP table (what a client process executing it reads).
+    pub fn slot(&self) -> Option<u32> {
+        self.0.slot.map(|s| s.index)
+    }
+
+    /// A client process executing this QP's work found the peer's side at fault: the peer
+    /// (a QP of this node) goes to ERR with `QP_ACCESS_ERR`, as the node's engine does it for
+    /// its own transfers (`engine::responder_error`). Only remote access and request errors of
+    /// the responder's checks are accepted.
+    pub fn report_responder_error(&self, status: WcStatus) -> VerbsResult<()> {
+        if !matches!(
+            status,
+            WcStatus::RemAccessErr
+                | WcStatus::RemInvReqErr
+                | WcStatus::LocLenErr
+                | WcStatus::LocProtErr
+        ) {
+            return Err(VerbsError::invalid(format!("{status}: not a responder error")));
+        }
+        let peer = match &self.0.core.lock().peer {
+            Peer::Local(w) => w.upgrade(),
+            _ => None,
+        };
+        let t = peer.ok_or_else(|| {
+            VerbsError::invalid(format!("QP {:#x} has no peer on this node", self.0.qpn))
+        })?;
+        crate::engine::responder_error(&t, status);
+        Ok(())
+    }
+
+    /// A client process could not queue a completion on this QP's send (or receive) CQ: the
+    /// CQ's context gets its `CQ_ERR`, if the CQ's ring says it overflowed.
+    pub fn report_cq_overflow(&self, recv: bool) {
+        let cq = if recv { &self.0.recv_cq } else { &self.0.send_cq };
+        cq.report_lost();
+    }
+
     /// `ibv_modify_qp`. Checks the transition and the attribute mask against the table and
     /// every given value against the device before changing anything: a refused modify leaves
     /// the QP as it was.

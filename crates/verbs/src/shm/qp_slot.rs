@@ -249,6 +249,11 @@ impl Executor {
         w(pool, self.off + HZ_MR_B, b.map_or(0, |s| u64::from(s) + 1));
     }
 
+    /// Leaves the MRs named (the target QP stays named).
+    pub fn clear_mrs(&self, pool: &Pool) {
+        self.enter_mrs(pool, None, None);
+    }
+
     /// Leaves everything named.
     pub fn clear(&self, pool: &Pool) {
         for at in [HZ_MR_A, HZ_MR_B, HZ_QP] {
