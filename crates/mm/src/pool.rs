@@ -129,10 +129,12 @@ impl Pool {
     }
 
     /// Size in bytes.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.size
     }
     /// Number of 4 KiB frames.
+    #[inline]
     pub fn frames(&self) -> u64 {
         self.size / PAGE_SIZE
     }
@@ -157,11 +159,13 @@ impl Pool {
     }
 
     /// Copies pool bytes at `off` into `buf`.
+    #[inline]
     pub fn read(&self, off: PoolOffset, buf: &mut [u8]) -> Result<()> {
         self.map.copy_out(off.raw(), buf).ok_or_else(|| self.oob("read", off, buf.len() as u64))
     }
 
     /// Copies `data` into the pool at `off`.
+    #[inline]
     pub fn write(&self, off: PoolOffset, data: &[u8]) -> Result<()> {
         self.map.copy_in(off.raw(), data).ok_or_else(|| self.oob("write", off, data.len() as u64))
     }
@@ -173,6 +177,7 @@ impl Pool {
     }
 
     /// Copies `len` bytes from `src` to `dst` inside the pool (migration, copy-on-write).
+    #[inline]
     pub fn copy(&self, src: PoolOffset, dst: PoolOffset, len: u64) -> Result<()> {
         let n = self.usize_len("copy", src, len)?;
         self.map.copy_within(src.raw(), dst.raw(), n).ok_or_else(|| self.oob("copy", src, len))
@@ -184,6 +189,7 @@ impl Pool {
     }
 
     /// Atomic compare-and-swap of the 8-byte word at `off` (8-aligned); returns the old value.
+    #[inline]
     pub fn compare_and_swap(&self, off: PoolOffset, expect: u64, new: u64) -> Result<u64> {
         let w = self.word(off, "compare_and_swap")?;
         Ok(match w.compare_exchange(expect, new, Ordering::SeqCst, Ordering::SeqCst) {
@@ -192,16 +198,19 @@ impl Pool {
     }
 
     /// Atomic fetch-and-add of the 8-byte word at `off` (8-aligned); returns the old value.
+    #[inline]
     pub fn fetch_add(&self, off: PoolOffset, add: u64) -> Result<u64> {
         Ok(self.word(off, "fetch_add")?.fetch_add(add, Ordering::SeqCst))
     }
 
     /// Atomic load of the 8-byte word at `off` (8-aligned).
+    #[inline]
     pub fn load_u64(&self, off: PoolOffset) -> Result<u64> {
         Ok(self.word(off, "load_u64")?.load(Ordering::Acquire))
     }
 
     /// Atomic store of the 8-byte word at `off` (8-aligned).
+    #[inline]
     pub fn store_u64(&self, off: PoolOffset, v: u64) -> Result<()> {
         self.word(off, "store_u64")?.store(v, Ordering::Release);
         Ok(())
@@ -210,6 +219,7 @@ impl Pool {
     /// Atomic load of the 8-byte word at `off` with `order`: shared-memory protocols where a
     /// store must be ordered before a load of another word (`SeqCst` on both sides, as the MR
     /// drain and the transfers entering an MR do).
+    #[inline]
     pub fn load_u64_with(&self, off: PoolOffset, order: Ordering) -> Result<u64> {
         let order = match order {
             Ordering::Release | Ordering::AcqRel => Ordering::SeqCst,
@@ -219,6 +229,7 @@ impl Pool {
     }
 
     /// Atomic store of the 8-byte word at `off` with `order` (see [`Pool::load_u64_with`]).
+    #[inline]
     pub fn store_u64_with(&self, off: PoolOffset, v: u64, order: Ordering) -> Result<()> {
         let order = match order {
             Ordering::Acquire | Ordering::AcqRel => Ordering::SeqCst,
@@ -229,12 +240,14 @@ impl Pool {
     }
 
     /// Atomic fetch-and-subtract (wrapping) of the 8-byte word at `off`; returns the old value.
+    #[inline]
     pub fn fetch_sub(&self, off: PoolOffset, sub: u64) -> Result<u64> {
         Ok(self.word(off, "fetch_sub")?.fetch_sub(sub, Ordering::SeqCst))
     }
 
     /// Atomic compare-and-exchange of the 8-byte word at `off`: `Ok(old)` if it held `current`
     /// and now holds `new`, `Err(actual)` otherwise.
+    #[inline]
     pub fn compare_exchange(
         &self,
         off: PoolOffset,
@@ -246,21 +259,25 @@ impl Pool {
     }
 
     /// Atomic swap of the 8-byte word at `off`; returns the old value.
+    #[inline]
     pub fn swap_u64(&self, off: PoolOffset, v: u64) -> Result<u64> {
         Ok(self.word(off, "swap_u64")?.swap(v, Ordering::SeqCst))
     }
 
     /// Atomic load (`SeqCst`) of the 4-byte word at `off` (4-aligned): futex words.
+    #[inline]
     pub fn load_u32(&self, off: PoolOffset) -> Result<u32> {
         Ok(self.word32(off, "load_u32")?.load(Ordering::SeqCst))
     }
 
     /// Atomic fetch-and-add (`SeqCst`, wrapping) of the 4-byte word at `off`.
+    #[inline]
     pub fn fetch_add_u32(&self, off: PoolOffset, add: u32) -> Result<u32> {
         Ok(self.word32(off, "fetch_add_u32")?.fetch_add(add, Ordering::SeqCst))
     }
 
     /// Atomic fetch-and-subtract (`SeqCst`, wrapping) of the 4-byte word at `off`.
+    #[inline]
     pub fn fetch_sub_u32(&self, off: PoolOffset, sub: u32) -> Result<u32> {
         Ok(self.word32(off, "fetch_sub_u32")?.fetch_sub(sub, Ordering::SeqCst))
     }
@@ -287,10 +304,12 @@ impl Pool {
         MmError::invalid(format!("pool {op}: {off} is not a 4-aligned word inside the pool"))
     }
 
+    #[inline]
     fn word32(&self, off: PoolOffset, op: &'static str) -> Result<&std::sync::atomic::AtomicU32> {
         self.map.atomic_u32(off.raw()).ok_or_else(|| self.not_word32(op, off))
     }
 
+    #[inline]
     fn word(&self, off: PoolOffset, op: &'static str) -> Result<&std::sync::atomic::AtomicU64> {
         self.map.atomic_u64(off.raw()).ok_or_else(|| {
             MmError::invalid(format!("pool {op}: {off} is not an 8-aligned word inside the pool"))

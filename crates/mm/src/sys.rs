@@ -64,6 +64,7 @@ impl SharedMapping {
     }
 
     /// Raw pointer to byte `off`, after checking `[off, off + n)` lies inside the mapping.
+    #[inline]
     fn at(&self, off: u64, n: usize) -> Option<*mut u8> {
         let off = usize::try_from(off).ok()?;
         let end = off.checked_add(n)?;
@@ -75,6 +76,7 @@ impl SharedMapping {
     }
 
     /// Copies pool bytes `[off, off + dst.len())` into `dst`.
+    #[inline]
     pub(crate) fn copy_out(&self, off: u64, dst: &mut [u8]) -> Option<()> {
         let src = self.at(off, dst.len())?;
         // SAFETY: `src` is valid for `dst.len()` bytes (checked by `at`); `dst` is a private
@@ -85,6 +87,7 @@ impl SharedMapping {
     }
 
     /// Copies `src` into pool bytes `[off, off + src.len())`.
+    #[inline]
     pub(crate) fn copy_in(&self, off: u64, src: &[u8]) -> Option<()> {
         let dst = self.at(off, src.len())?;
         // SAFETY: as in `copy_out`, with the roles swapped.
@@ -93,6 +96,7 @@ impl SharedMapping {
     }
 
     /// Copies `len` bytes inside the pool from `src` to `dst` (ranges may overlap).
+    #[inline]
     pub(crate) fn copy_within(&self, src: u64, dst: u64, len: usize) -> Option<()> {
         let s = self.at(src, len)?;
         let d = self.at(dst, len)?;
@@ -110,6 +114,7 @@ impl SharedMapping {
     }
 
     /// The 8-byte word at `off` as an atomic. `off` must be 8-aligned.
+    #[inline]
     pub(crate) fn atomic_u64(&self, off: u64) -> Option<&AtomicU64> {
         if !off.is_multiple_of(8) {
             return None;
@@ -123,6 +128,7 @@ impl SharedMapping {
 
     /// The 4-byte word at `off` as an atomic (futex words of shared rings). `off` must be
     /// 4-aligned.
+    #[inline]
     pub(crate) fn atomic_u32(&self, off: u64) -> Option<&AtomicU32> {
         if !off.is_multiple_of(4) {
             return None;

@@ -39,7 +39,7 @@ impl<'a> Inside<'a> {
         let (pool, region) = (ctx.pool(), ctx.region().expect("a device region"));
         let ex = region.executor(slot);
         ex.lock(pool, std::process::id()).unwrap();
-        ex.enter_mrs(pool, None, Some(rkey.0 >> 8));
+        ex.enter(pool, slot, None, Some(rkey.0 >> 8));
         let v = region.mr(pool, rkey.0).expect("the MR is in the table");
         assert!(v.current(pool));
         assert_eq!(v.state(pool), MrState::Valid);
@@ -70,10 +70,11 @@ impl<'a> Inside<'a> {
         Pfn::new(self.at.raw() / PAGE_SIZE)
     }
 
-    /// The stalled transfer's store, then it leaves.
+    /// The stalled transfer's store, then it leaves (the executor word stays its process's,
+    /// as the library keeps it).
     fn store_and_leave(self) {
         self.ctx.pool().write(self.at, &[0xee; 8]).unwrap();
-        self.ex.unlock(self.ctx.pool());
+        self.ex.clear(self.ctx.pool());
     }
 }
 

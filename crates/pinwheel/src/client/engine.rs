@@ -32,7 +32,9 @@ use pinwheel_verbs::{
     WorkCompletion,
 };
 
-use super::limits::FAULT_RETRY_MS;
+use std::cell::RefCell;
+
+use super::limits::{FAULT_RETRY_MS, MR_VIEWS};
 
 /// Whose buffer a piece is: the status when it cannot be used (as `engine::Side`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -73,6 +75,38 @@ impl Piece<'_> {
         match self {
             Piece::Mr(p) => p.len,
             Piece::Bytes(b) => b.len() as u64,
+        }
+    }
+}
+
+/// A few items without an allocation for the usual one (a work request's SGEs).
+#[derive(Clone, Debug)]
+enum Few<T> {
+    One([T; 1]),
+    Many(Vec<T>),
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::One(a) => a,
+            Few::Many(v) => v,
+        }
+    }
+}
+
+impl<T> FromIterator<T> for Few<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Few<T> {
+        let mut it = it.into_iter();
+        match (it.next(), it.next()) {
+            (None, _) => Few::Many(Vec::new()),
+            (Some(a), None) => Few::One([a]),
+            (Some(a), Some(b)) => {
+                let mut v = vec![a, b];
+                v.extend(it);
+                Few::Many(v)
+            }
         }
     }
 }
@@ -136,8 +170,36 @@ struct Taken {
     ring: Ring,
 }
 
+/// The MR slots a QP's work requests read lately: a key names one registration for its whole
+/// life, so its slot's fields do not change; an entry is used only while the slot still holds
+/// the key (checked before, and again after the hazard store, as for a fresh read).
+/// Also the scratch space of the translations of a copy (no allocation per request).
+#[derive(Debug, Default)]
+pub(crate) struct Views {
+    views: RefCell<Vec<MrView>>,
+    runs: RefCell<(Vec<(u64, u64)>, Vec<(u64, u64)>)>,
+}
+
+impl Views {
+    fn get(&self, pool: &Pool, region: &RegionView, key: u32) -> Option<MrView> {
+        let mut v = self.views.borrow_mut();
+        if let Some(i) = v.iter().position(|m| m.key == key) {
+            if v[i].current(pool) {
+                return Some(v[i]);
+            }
+            v.remove(i);
+        }
+        let m = region.mr(pool, key)?;
+        if v.len() >= MR_VIEWS {
+            v.remove(0);
+        }
+        v.push(m);
+        Some(m)
+    }
+}
+
 /// One work request's execution: the initiator's QP (`own`, its executor words `ex`) and the
-/// target QP `t` (already named in `ex`).
+/// target QP `t` (named in `ex` before its rings are used).
 pub(crate) struct Engine<'a> {
     pub(crate) pool: &'a Pool,
     pub(crate) region: &'a RegionView,
@@ -146,6 +208,7 @@ pub(crate) struct Engine<'a> {
     pub(crate) t: QpView,
     /// Asks the daemon to fault `[off, off + len)` of MR `key`; false if it could not.
     pub(crate) fault: &'a dyn Fn(u32, u64, u64, bool) -> bool,
+    pub(crate) views: &'a Views,
 }
 
 impl Engine<'_> {
@@ -157,7 +220,7 @@ impl Engine<'_> {
         if wr.length() > MAX_MSG {
             return done(WcStatus::LocLenErr, 0);
         }
-        let deadline = Instant::now() + Duration::from_millis(FAULT_RETRY_MS);
+        let mut deadline = None;
         loop {
             let r = match wr.opcode {
                 Opcode::Write | Opcode::WriteWithImm | Opcode::Send | Opcode::SendWithImm => {
@@ -166,11 +229,13 @@ impl Engine<'_> {
                 Opcode::Read => self.read(wr),
                 Opcode::CompareSwap | Opcode::FetchAdd => self.atomic(wr),
             };
-            self.ex.clear_mrs(self.pool);
+            self.ex.leave_mrs(self.pool, self.t.slot);
             let (key, off, len, write, side) = match r {
                 Ok(o) => return o,
                 Err(f) => f,
             };
+            let deadline = *deadline
+                .get_or_insert_with(|| Instant::now() + Duration::from_millis(FAULT_RETRY_MS));
             if Instant::now() >= deadline || !(self.fault)(key, off, len, write) {
                 return match side {
                     Side::Target => refused(WcStatus::RemAccessErr),
@@ -183,7 +248,7 @@ impl Engine<'_> {
     // --- checks (`engine::check_local`, `check_remote`), without a byte moving ---
 
     fn local(&self, sge: &Sge, need_write: bool) -> Result<Part, WcStatus> {
-        let v = self.region.mr(self.pool, sge.lkey.0).ok_or(WcStatus::LocProtErr)?;
+        let v = self.views.get(self.pool, self.region, sge.lkey.0).ok_or(WcStatus::LocProtErr)?;
         if v.pd != self.own.pd || (need_write && !v.access.contains(Access::LOCAL_WRITE)) {
             return Err(WcStatus::LocProtErr);
         }
@@ -195,12 +260,12 @@ impl Engine<'_> {
         Ok(Part { v, off, len, side: Side::Initiator })
     }
 
-    fn locals(&self, sges: &[Sge], need_write: bool) -> Result<Vec<Part>, WcStatus> {
+    fn locals(&self, sges: &[Sge], need_write: bool) -> Result<Few<Part>, WcStatus> {
         sges.iter().filter(|s| s.length > 0).map(|s| self.local(s, need_write)).collect()
     }
 
     fn remote(&self, rkey: u32, addr: u64, len: u64, need: Access) -> Result<Part, WcStatus> {
-        let v = self.region.mr(self.pool, rkey).ok_or(WcStatus::RemAccessErr)?;
+        let v = self.views.get(self.pool, self.region, rkey).ok_or(WcStatus::RemAccessErr)?;
         if v.pd != self.t.pd || !v.access.contains(need) || !self.t.access.contains(need) {
             return Err(WcStatus::RemAccessErr);
         }
@@ -212,10 +277,10 @@ impl Engine<'_> {
     }
 
     /// The buffers of a receive at the target (`LOC_PROT_ERR`: the receive's status).
-    fn receive(&self, r: &RecvWr) -> Result<Vec<Part>, WcStatus> {
-        let mut parts = Vec::with_capacity(r.sg_list.len());
-        for sge in r.sg_list.iter().filter(|s| s.length > 0) {
-            let v = self.region.mr(self.pool, sge.lkey.0).ok_or(WcStatus::LocProtErr)?;
+    fn receive(&self, r: &RecvWr) -> Result<Few<Part>, WcStatus> {
+        let part = |sge: &Sge| {
+            let v =
+                self.views.get(self.pool, self.region, sge.lkey.0).ok_or(WcStatus::LocProtErr)?;
             if v.pd != self.t.pd || !v.access.contains(Access::LOCAL_WRITE) {
                 return Err(WcStatus::LocProtErr);
             }
@@ -224,17 +289,21 @@ impl Engine<'_> {
             if off.checked_add(len).is_none_or(|e| e > v.len) {
                 return Err(WcStatus::LocProtErr);
             }
-            parts.push(Part { v, off, len, side: Side::Receive });
-        }
-        Ok(parts)
+            Ok(Part { v, off, len, side: Side::Receive })
+        };
+        r.sg_list.iter().filter(|s| s.length > 0).map(part).collect()
     }
 
     // --- entering MRs and moving bytes ---
 
-    /// Names `a` and `b` in the hazard words, then checks each still is the MR looked up and
-    /// is valid. Every read of their tables and frames comes after this.
+    /// Names the target QP, `a` and `b` in the hazard word, then checks the QP and each MR
+    /// still are the ones looked up and the MRs are valid. Every read of their rings, tables
+    /// and frames comes after this.
     fn enter(&self, a: Option<&Part>, b: Option<&Part>) -> Result<(), Fail> {
-        self.ex.enter_mrs(self.pool, a.map(|p| p.v.slot), b.map(|p| p.v.slot));
+        self.ex.enter(self.pool, self.t.slot, a.map(|p| p.v.slot), b.map(|p| p.v.slot));
+        if !self.t.current(self.pool) {
+            return Err(Fail::Status(WcStatus::RetryExcErr));
+        }
         for p in [a, b].into_iter().flatten() {
             if !p.v.current(self.pool) {
                 return Err(Fail::Status(p.side.status()));
@@ -266,32 +335,52 @@ impl Engine<'_> {
         }
     }
 
+    /// The pieces behind `[off, off + n)` of `p` into `out`; a miss as the side's failure.
+    fn runs(&self, p: &Part, off: u64, n: u64, write: bool, out: &mut Vec<(u64, u64)>) -> Fail2 {
+        match p.v.runs(self.pool, off, n, write, out) {
+            Ok(()) => Ok(()),
+            Err(Miss::Absent) if p.v.kind != MrKind::Pinned => {
+                Err(Fail::Fault { key: p.v.key, off, len: n, write })
+            }
+            Err(_) => Err(Fail::Status(p.side.status())),
+        }
+    }
+
     fn copy_chunk(&self, src: &Piece<'_>, soff: u64, dst: &Part, doff: u64, n: u64) -> Fail2 {
         let pool = self.pool;
         let general = |_: pinwheel_mm::MmError| Fail::Status(WcStatus::GeneralErr);
+        let mut scratch = self.views.runs.borrow_mut();
+        let (sruns, druns) = &mut *scratch;
         match src {
             Piece::Bytes(b) => {
                 self.enter(None, Some(dst))?;
+                self.runs(dst, dst.off + doff, n, true, druns)?;
                 let mut cur = soff as usize;
-                self.walk(dst, dst.off + doff, n, true, &mut |p, l| {
-                    let r = pool.write(p, &b[cur..cur + l as usize]).map_err(general);
+                for &(p, l) in druns.iter() {
+                    pool.write(PoolOffset::new(p), &b[cur..cur + l as usize]).map_err(general)?;
                     cur += l as usize;
-                    r
-                })
+                }
+                Ok(())
             }
             Piece::Mr(s) => {
                 self.enter(Some(s), Some(dst))?;
-                let mut dcur = dst.off + doff;
-                self.walk(s, s.off + soff, n, false, &mut |sp, sl| {
-                    let mut scur = sp.raw();
-                    let r = self.walk(dst, dcur, sl, true, &mut |dp, dl| {
-                        let r = pool.copy(PoolOffset::new(scur), dp, dl).map_err(general);
-                        scur += dl;
-                        r
-                    });
-                    dcur += sl;
-                    r
-                })
+                self.runs(s, s.off + soff, n, false, sruns)?;
+                self.runs(dst, dst.off + doff, n, true, druns)?;
+                // Both sides translated (every page checked): copy the overlaps.
+                let (mut i, mut j, mut so, mut dof) = (0usize, 0usize, 0u64, 0u64);
+                while let (Some(&(sp, sl)), Some(&(dp, dl))) = (sruns.get(i), druns.get(j)) {
+                    let k = (sl - so).min(dl - dof);
+                    pool.copy(PoolOffset::new(sp + so), PoolOffset::new(dp + dof), k)
+                        .map_err(general)?;
+                    (so, dof) = (so + k, dof + k);
+                    if so == sl {
+                        (i, so) = (i + 1, 0);
+                    }
+                    if dof == dl {
+                        (j, dof) = (j + 1, 0);
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -317,10 +406,10 @@ impl Engine<'_> {
 
     // --- the operations ---
 
-    fn source<'w>(&self, wr: &'w SendWr) -> Result<Vec<Piece<'w>>, WcStatus> {
+    fn source<'w>(&self, wr: &'w SendWr) -> Result<Few<Piece<'w>>, WcStatus> {
         match &wr.inline_data {
-            Some(d) => Ok(vec![Piece::Bytes(d)]),
-            None => Ok(self.locals(&wr.sg_list, false)?.into_iter().map(Piece::Mr).collect()),
+            Some(d) => Ok(Few::One([Piece::Bytes(d)])),
+            None => Ok(self.locals(&wr.sg_list, false)?.iter().copied().map(Piece::Mr).collect()),
         }
     }
 
@@ -349,7 +438,7 @@ impl Engine<'_> {
             None
         };
         let dst = match (target, &recv) {
-            (Some(p), _) => vec![p],
+            (Some(p), _) => Few::One([p]),
             (None, Some(r)) => {
                 let cap: u64 = r.wr.sg_list.iter().map(|s| u64::from(s.length)).sum();
                 if cap < len {
@@ -471,7 +560,7 @@ impl Engine<'_> {
         loop {
             let bytes = old.to_le_bytes();
             let stored = self.copy(&[Piece::Bytes(&bytes)], std::slice::from_ref(&dst));
-            self.ex.clear_mrs(self.pool);
+            self.ex.leave_mrs(self.pool, self.t.slot);
             match stored {
                 Ok(_) => return Ok(done(WcStatus::Success, 8)),
                 Err(Fail::Fault { key, off, len, write })
@@ -487,6 +576,10 @@ impl Engine<'_> {
     /// Peeks a receive at the target, or says how to wait (RNR): `rnr_retry` 7 waits for ever
     /// (the request stays queued); fewer retries wait a millisecond each.
     fn take_recv(&self) -> Result<Taken, Outcome> {
+        self.ex.enter(self.pool, self.t.slot, None, None);
+        if !self.t.current(self.pool) {
+            return Err(done(WcStatus::RetryExcErr, 0));
+        }
         let Some((base, max_sge)) = self.t.rq else { return Err(done(WcStatus::RemOpErr, 0)) };
         let words = wqe_words(max_sge);
         let ring = Ring::attach(self.pool, base, words, RQ_RING_MAX)
@@ -536,7 +629,10 @@ impl Engine<'_> {
             imm: imm.map(|(i, _)| i),
             qpn: self.t.qpn,
         };
-        matches!(push_cqe(self.pool, self.t.recv_cq, &wc), Err(true))
+        let Some(ring) = Ring::attach(self.pool, self.t.recv_cq, CQE_WORDS, CQ_RING_MAX) else {
+            return false;
+        };
+        matches!(push_cqe(self.pool, &ring, &wc), Err(true))
     }
 }
 
@@ -559,10 +655,9 @@ fn fault_side(src: &[Piece<'_>], dst: &[Part], key: u32) -> Side {
     }
 }
 
-/// Queues a completion on the CQ ring at `ring` and wakes its sleepers. `Err(true)`: lost,
-/// the first loss of this CQ (report it: `CQ_ERR`); `Err(false)`: lost, already reported.
-pub(crate) fn push_cqe(pool: &Pool, ring: PoolOffset, wc: &WorkCompletion) -> Result<(), bool> {
-    let Some(r) = Ring::attach(pool, ring, CQE_WORDS, CQ_RING_MAX) else { return Err(false) };
+/// Queues a completion on the CQ ring `r` and wakes its sleepers. `Err(true)`: lost, the
+/// first loss of this CQ (report it: `CQ_ERR`); `Err(false)`: lost, already reported.
+pub(crate) fn push_cqe(pool: &Pool, r: &Ring, wc: &WorkCompletion) -> Result<(), bool> {
     match r.push(pool, &cqe_encode(wc)) {
         Ok(()) => {
             r.notify(pool);

@@ -9,3 +9,5 @@ pub const PENDING_RETRY_MS: u64 = 1;
 /// How long `post_send` waits for another process executing the same QP (after `fork`) to
 /// finish before it leaves the work queued.
 pub const EXECUTOR_WAIT_MS: u64 = 10;
+/// MR slots a QP's executor keeps read (its buffers and its peer's: a request names two).
+pub const MR_VIEWS: usize = 8;

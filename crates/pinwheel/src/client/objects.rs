@@ -296,6 +296,22 @@ impl CompletionQueue {
         }
         Ok(wcs.len().min(out.len()))
     }
+    /// Waits up to `timeout` for a completion to be ready (without taking it); true if one
+    /// is. Without the shared data path, sleeps a millisecond at most (the daemon's queue
+    /// cannot be looked at without taking from it).
+    pub fn wait(&self, timeout: Duration) -> Result<bool> {
+        match &self.ring {
+            Some(ring) => {
+                let pool = &self.inner.ctx.conn.pool;
+                Ok(ring.wait(pool, timeout, &mut || !ring.is_empty(pool)))
+            }
+            None => {
+                std::thread::sleep(timeout.min(Duration::from_millis(1)));
+                Ok(false)
+            }
+        }
+    }
+
     /// Polls without waiting.
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize> {
         self.poll_wait(out, Duration::ZERO)
@@ -344,7 +360,7 @@ impl QueuePair {
         let shm = match &ctx.conn.shm {
             Some(_) => match ctx.conn.call(&Request::ShmAttach { obj: id })? {
                 Reply::ShmObject { slot, .. } => {
-                    Some(Arc::new(ShmQp::new(&ctx.conn, id, slot, init)))
+                    Some(Arc::new(ShmQp::new(&ctx.conn, id, slot, init)?))
                 }
                 r => return Err(unexpected(r)),
             },
@@ -373,9 +389,9 @@ impl QueuePair {
     /// queued here while they must wait: retried by later posts and polls).
     pub fn post_send(&self, wrs: &[SendWr]) -> Result<()> {
         if let Some(q) = &self.shm
-            && q.peer_is_local()
+            && let Some(own) = q.local_peer()
         {
-            return q.post_send(wrs);
+            return q.post_send(own, wrs);
         }
         for chunk in wrs.chunks(MAX_WR_PER_CALL) {
             let wrs = chunk.iter().map(convert::send_wr_to_wire).collect();
@@ -462,6 +478,12 @@ impl Buffer {
             base += l;
         }
         Ok(out)
+    }
+
+    /// The pool pieces behind bytes `[off, off + len)`: (pool offset, bytes), in order (the
+    /// frames of a buffer do not move while it lives).
+    pub fn pool_pieces(&self, off: u64, len: u64) -> Result<Vec<(PoolOffset, u64)>> {
+        Ok(self.pieces(off, len)?.into_iter().map(|(p, n)| (PoolOffset::new(p), n)).collect())
     }
 
     /// Reads bytes straight from the pool (what DMA put there).

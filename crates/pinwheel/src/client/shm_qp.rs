@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use pinwheel_mm::{Errno, Pool, PoolOffset};
 use pinwheel_node::proto::{ObjId, Reply, Request, ShmReport};
 use pinwheel_verbs::shm::{
-    CQE_WORDS, PeerView, QpView, RQ_RING_MAX, RegionView, Ring, cqe_decode, wqe_encode, wqe_words,
+    CQ_RING_MAX, CQE_WORDS, PeerView, QpView, RQ_RING_MAX, RegionView, Ring, cqe_decode,
+    wqe_encode, wqe_words,
 };
 use pinwheel_verbs::{QpState, RecvWr, SendWr, WcOpcode, WcStatus, WorkCompletion};
 
@@ -70,6 +71,8 @@ pub(crate) struct ShmQp {
     id: ObjId,
     slot: u32,
     caps: QpInit,
+    /// Its send CQ's ring (fixed for the QP's life).
+    send_cq: Ring,
     st: Mutex<Queued>,
 }
 
@@ -80,6 +83,11 @@ struct Queued {
     completed: u64,
     /// A work request failed: the QP is going to ERR (the daemon publishes it).
     broken: bool,
+    /// This process holds the QP's executor word (from its first execution until the QP is
+    /// let go).
+    executor: bool,
+    /// MR slots read lately (`engine::Views`).
+    views: super::engine::Views,
 }
 
 fn err(errno: Errno, msg: impl Into<String>) -> Error {
@@ -87,8 +95,16 @@ fn err(errno: Errno, msg: impl Into<String>) -> Error {
 }
 
 impl ShmQp {
-    pub(crate) fn new(conn: &Arc<Conn>, id: ObjId, slot: u32, caps: QpInit) -> ShmQp {
-        ShmQp { conn: Arc::clone(conn), id, slot, caps, st: Mutex::new(Queued::default()) }
+    pub(crate) fn new(conn: &Arc<Conn>, id: ObjId, slot: u32, caps: QpInit) -> Result<ShmQp> {
+        let shm = conn.shm.as_ref().ok_or_else(|| err(Errno::EOPNOTSUPP, "no shared path"))?;
+        let own = shm
+            .region
+            .qp(&conn.pool, slot)
+            .ok_or_else(|| err(Errno::EPROTO, format!("QP slot {slot} is empty")))?;
+        let send_cq = Ring::attach(&conn.pool, own.send_cq, CQE_WORDS, CQ_RING_MAX)
+            .ok_or_else(|| err(Errno::EPROTO, "the QP's send CQ ring is unreadable"))?;
+        let st = Mutex::new(Queued::default());
+        Ok(ShmQp { conn: Arc::clone(conn), id, slot, caps, send_cq, st })
     }
 
     pub(crate) fn slot(&self) -> u32 {
@@ -110,14 +126,13 @@ impl ShmQp {
             .ok_or_else(|| err(Errno::EBADF, format!("QP slot {}: destroyed", self.slot)))
     }
 
-    /// True if the peer is a QP of this node: this process executes the sends.
-    pub(crate) fn peer_is_local(&self) -> bool {
-        self.view().is_ok_and(|v| matches!(v.peer, PeerView::Local { .. }))
+    /// The QP's slot if its peer is a QP of this node: this process executes the sends.
+    pub(crate) fn local_peer(&self) -> Option<QpView> {
+        self.view().ok().filter(|v| matches!(v.peer, PeerView::Local { .. }))
     }
 
-    /// `ibv_post_send` for a QP with a peer of this node.
-    pub(crate) fn post_send(self: &Arc<Self>, wrs: &[SendWr]) -> Result<()> {
-        let own = self.view()?;
+    /// `ibv_post_send` for a QP with a peer of this node (`own`: its slot as just read).
+    pub(crate) fn post_send(self: &Arc<Self>, own: QpView, wrs: &[SendWr]) -> Result<()> {
         let mut st = self.st.lock();
         if !matches!(own.state, QpState::Rts | QpState::Sqd | QpState::Error) {
             return Err(err(
@@ -160,7 +175,7 @@ impl ShmQp {
             }
         }
         st.posted += wrs.len() as u64;
-        self.run(&mut st, wrs);
+        self.run(&mut st, own, wrs);
         if !st.wrs.is_empty() {
             self.shm()?.remember(self);
         }
@@ -172,7 +187,10 @@ impl ShmQp {
         match self.st.try_lock() {
             Some(mut st) => {
                 if !st.wrs.is_empty() {
-                    self.run(&mut st, &[]);
+                    match self.view() {
+                        Ok(own) => self.run(&mut st, own, &[]),
+                        Err(_) => st.wrs.clear(), // destroyed
+                    }
                 }
                 !st.wrs.is_empty()
             }
@@ -183,30 +201,34 @@ impl ShmQp {
     /// Takes the executor word (waiting a little for another process holding it).
     fn lock_executor(&self, shm: &Shm) -> bool {
         let ex = shm.region.executor(self.slot);
-        let deadline = Instant::now() + Duration::from_millis(EXECUTOR_WAIT_MS);
+        let mut deadline = None;
         loop {
             match ex.lock(self.pool(), shm.pid) {
                 Ok(()) => return true,
                 Err(holder) if !process_alive(holder) => {
                     ex.steal(self.pool(), holder, shm.pid);
                 }
-                Err(_) if Instant::now() >= deadline => return false,
-                Err(_) => std::thread::yield_now(),
+                Err(_) => {
+                    let d = *deadline.get_or_insert_with(|| {
+                        Instant::now() + Duration::from_millis(EXECUTOR_WAIT_MS)
+                    });
+                    if Instant::now() >= d {
+                        return false;
+                    }
+                    std::thread::yield_now();
+                }
             }
         }
     }
 
     /// Executes queued work, then `fresh` (just posted), in order, until something waits.
-    fn run(&self, st: &mut Queued, mut fresh: &[SendWr]) {
+    /// `own`: the QP's slot, read by the caller.
+    fn run(&self, st: &mut Queued, own: QpView, mut fresh: &[SendWr]) {
         let Ok(shm) = self.shm() else { return };
         let pool = self.pool();
         let ex = shm.region.executor(self.slot);
-        let mut locked = false;
+        let mut executed = false;
         loop {
-            let Some(own) = shm.region.qp(pool, self.slot) else {
-                st.wrs.clear(); // destroyed
-                break;
-            };
             if st.broken || own.state == QpState::Error {
                 self.flush(&own, st, fresh);
                 break;
@@ -226,18 +248,20 @@ impl ShmQp {
                 }
                 st.wrs.extend(fresh.iter().cloned());
             };
-            if own.state != QpState::Rts || !(locked || self.lock_executor(shm)) {
+            if own.state != QpState::Rts || !(st.executor || self.lock_executor(shm)) {
                 wait(st, fresh);
                 break;
             }
-            locked = true;
+            (st.executor, executed) = (true, true);
             let out = match own.peer {
+                // Named in the hazard word (and checked current) before its rings are used.
                 PeerView::Local { slot, qpn } => {
-                    ex.enter_qp(pool, slot);
                     match shm.region.qp(pool, slot).filter(|t| t.qpn == qpn) {
                         Some(t) => {
                             let fault = |key, off, len, write| self.fault(key, off, len, write);
-                            let e = Engine { pool, region: &shm.region, ex, own, t, fault: &fault };
+                            let views = &st.views;
+                            let region = &shm.region;
+                            let e = Engine { pool, region, ex, own, t, fault: &fault, views };
                             e.execute(&cur)
                         }
                         None => Outcome::Done(super::engine::Done {
@@ -281,9 +305,9 @@ impl ShmQp {
                 break;
             }
         }
-        if locked {
+        if executed {
             ex.count(pool, st.posted, st.completed);
-            ex.unlock(pool);
+            ex.clear(pool);
         }
     }
 
@@ -300,7 +324,7 @@ impl ShmQp {
             imm: None,
             qpn: own.qpn,
         };
-        if push_cqe(self.pool(), own.send_cq, &wc) == Err(true) {
+        if push_cqe(self.pool(), &self.send_cq, &wc) == Err(true) {
             self.report(ShmReport::CqOverflow { qpn: own.qpn.0, recv: false });
         }
     }
@@ -318,7 +342,7 @@ impl ShmQp {
                 imm: None,
                 qpn: own.qpn,
             };
-            if push_cqe(self.pool(), own.send_cq, &wc) == Err(true) {
+            if push_cqe(self.pool(), &self.send_cq, &wc) == Err(true) {
                 self.report(ShmReport::CqOverflow { qpn: own.qpn.0, recv: false });
             }
         }
@@ -387,7 +411,18 @@ impl ShmQp {
                 imm: None,
                 qpn: own.qpn,
             };
-            let _ = push_cqe(self.pool(), own.recv_cq, &wc);
+            if let Some(r) = Ring::attach(self.pool(), own.recv_cq, CQE_WORDS, CQ_RING_MAX) {
+                let _ = push_cqe(self.pool(), &r, &wc);
+            }
+        }
+    }
+}
+
+impl Drop for ShmQp {
+    fn drop(&mut self) {
+        // Before the daemon is asked to destroy the QP (`QueuePair`'s field order).
+        if let (Some(shm), true) = (&self.conn.shm, self.st.get_mut().executor) {
+            shm.region.executor(self.slot).unlock(&self.conn.pool);
         }
     }
 }
@@ -450,5 +485,5 @@ fn pop_into(pool: &Pool, ring: &Ring, out: &mut [WorkCompletion]) -> usize {
 
 /// The ring of a CQ at `off` (from `ShmAttach`).
 pub(crate) fn cq_ring(pool: &Pool, off: PoolOffset) -> Option<Ring> {
-    Ring::attach(pool, off, CQE_WORDS, pinwheel_verbs::shm::CQ_RING_MAX)
+    Ring::attach(pool, off, CQE_WORDS, CQ_RING_MAX)
 }

@@ -301,13 +301,13 @@ impl Region {
         let pool = self.pool();
         let off = self.view.qp_off(slot);
         let r = |at: u64| pool.load_u64_with(PoolOffset::new(off + at), Ordering::SeqCst);
+        let word = r(qp_slot::HAZARD).ok()?;
+        let [qp, a, b] = qp_slot::hazards(word);
         let named = match what {
-            Hazard::Mr(i) => {
-                let h = u64::from(i) + 1;
-                r(qp_slot::HZ_MR_A).ok()? == h || r(qp_slot::HZ_MR_B).ok()? == h
-            }
-            // A QP is used by executors naming it, and by its own.
-            Hazard::Qp(s) => s == slot || r(qp_slot::HZ_QP).ok()? == u64::from(s) + 1,
+            Hazard::Mr(i) => a == u64::from(i) + 1 || b == u64::from(i) + 1,
+            // A QP is used by executors naming it, and by its own while it executes (an
+            // executor names its target whenever it executes: the word is not zero).
+            Hazard::Qp(s) => (s == slot && word != 0) || qp == u64::from(s) + 1,
         };
         if !named {
             return None;
@@ -398,8 +398,7 @@ mod tests {
         // An executor of `a` inside MR 5 and using QP `b`.
         let e = v.executor(a.index);
         e.lock(pool, std::process::id()).unwrap();
-        e.enter_qp(pool, b.index);
-        e.enter_mrs(pool, None, Some(5));
+        e.enter(pool, b.index, None, Some(5));
         assert_eq!(r.holders(Hazard::Mr(5)).len(), 1);
         assert_eq!(r.holders(Hazard::Qp(b.index)).len(), 1);
         assert!(r.holders(Hazard::Mr(6)).is_empty());
@@ -417,7 +416,7 @@ mod tests {
         assert!(r.drain(Hazard::Mr(5), &mut Vec::new));
         // A dead executor is not waited for.
         e.lock(pool, 0x7fff_fff0).unwrap();
-        e.enter_mrs(pool, Some(5), None);
+        e.enter(pool, a.index, Some(5), None);
         let t0 = Instant::now();
         assert!(r.drain(Hazard::Mr(5), &mut Vec::new));
         assert!(t0.elapsed() < Duration::from_millis(SHM_DRAIN_MS));

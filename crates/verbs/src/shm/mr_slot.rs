@@ -218,6 +218,39 @@ impl MrView {
         pool.load_u64_with(PoolOffset::new(self.xlat + 8 * page), Ordering::SeqCst).unwrap_or(0)
     }
 
+    /// The physically contiguous pieces `(pool offset, bytes)` behind bytes `[off, off + len)`
+    /// of the MR, into `out` (cleared first): one pass over the translation entries, each
+    /// read once and checked (present, writable for a write, inside the pool) before the
+    /// caller moves a byte.
+    pub fn runs(
+        &self,
+        pool: &Pool,
+        off: u64,
+        len: u64,
+        write: bool,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), Miss> {
+        out.clear();
+        let end = off.checked_add(len).filter(|e| *e <= self.len).ok_or(Miss::Bounds)?;
+        let (mut at, e) = (self.base + off, self.base + end);
+        let frames = pool.frames();
+        while at < e {
+            let v = self.entry(pool, at / PAGE_SIZE);
+            let pfn = v & PFN_MASK;
+            if v & VALID == 0 || (write && v & WRITE == 0) || pfn >= frames {
+                return Err(Miss::Absent);
+            }
+            let n = (PAGE_SIZE - at % PAGE_SIZE).min(e - at);
+            let po = pfn * PAGE_SIZE + at % PAGE_SIZE;
+            match out.last_mut() {
+                Some((p, l)) if *p + *l == po => *l += n,
+                _ => out.push((po, n)),
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
     /// Runs `f(pool offset, length)` over the physically contiguous pieces behind bytes
     /// `[off, off + len)` of the MR. Every page is checked before `f` sees a byte; a page that
     /// disappears during the walk (an invalidation racing it) stops it with `Absent`.
@@ -308,6 +341,12 @@ mod tests {
             got,
             [(100 * PAGE_SIZE + 0x100, 2 * PAGE_SIZE - 0x100), (50 * PAGE_SIZE, PAGE_SIZE + 0x100)]
         );
+        let mut runs = Vec::new();
+        v.runs(&pool, 0, 3 * PAGE_SIZE, false, &mut runs).unwrap();
+        assert_eq!(runs, got);
+        assert_eq!(v.runs(&pool, 0, 2 * PAGE_SIZE, true, &mut runs), Ok(()));
+        assert_eq!(v.runs(&pool, 3 * PAGE_SIZE - 0x100, 0x100, true, &mut runs), Err(Miss::Absent));
+        assert_eq!(v.runs(&pool, 1, 3 * PAGE_SIZE, false, &mut runs), Err(Miss::Bounds));
         assert_eq!(walk(true, 3 * PAGE_SIZE - 0x100, 0x100), Err(Miss::Absent), "read-only");
         assert_eq!(walk(false, 1, 3 * PAGE_SIZE), Err(Miss::Bounds));
         assert_eq!(walk(false, u64::MAX, 2), Err(Miss::Bounds));

@@ -11,16 +11,19 @@
 //! | 4, 5 | receive ring (pool offset; 0: none), its SGEs per receive (u32) | daemon |
 //! | 6, 7 | send CQ ring, receive CQ ring (pool offsets) | daemon |
 //! | 8 | executor: pid of the process executing this QP's work now; 0: none | executor |
-//! | 9 | hazard: the slot + 1 of the target QP whose rings the executor uses | executor |
-//! | 10, 11 | hazards: slot + 1 of the MRs the executor is inside (source, destination) | executor |
+//! | 9 | hazards, 21 bits each: slot + 1 of the target QP whose rings the executor uses, and of the two MRs it is inside (source, destination); 0: none | executor |
 //! | 12, 13 | work requests posted, completed by the executor (for listings) | executor |
 //!
 //! The executor protocol (the "in-flight count" of DESIGN.md, one per executing QP instead of
 //! one shared counter: nothing of it is written by two processes, and a dead executor is
-//! recognised by its pid): take word 8 (CAS 0 → pid), name the target QP and the MRs in the
-//! hazard words (`SeqCst` stores), *then* read their slots and states; clear the hazards, then
-//! word 8, when done. The daemon changes a state first (`SeqCst`), then scans the hazard words
-//! (`mod.rs`). Either the executor sees the new state, or the daemon sees the hazard.
+//! recognised by its pid): a process takes word 8 (CAS 0 → pid) before it first executes the
+//! QP's work and keeps it until it lets the QP go (one process drives a QP's data path at a
+//! time, as with a verbs QP after `fork`); to execute, it names the target QP and the MRs in
+//! the hazard word (one `SeqCst` store), *then* reads their slots and states; it leaves with a
+//! release store (what was copied is ordered before it), down to 0 when it stops executing.
+//! The daemon changes a state first (`SeqCst`), then scans the hazard words (`mod.rs`): either
+//! the executor sees the new state, or the daemon sees the hazard. Only a non-zero hazard word
+//! of a live pid is waited for.
 
 use std::sync::atomic::Ordering;
 
@@ -39,9 +42,9 @@ const RQ_SGE: u64 = 40;
 const SEND_CQ: u64 = 48;
 const RECV_CQ: u64 = 56;
 pub(crate) const EXEC: u64 = 64;
-pub(crate) const HZ_QP: u64 = 72;
-pub(crate) const HZ_MR_A: u64 = 80;
-pub(crate) const HZ_MR_B: u64 = 88;
+pub(crate) const HAZARD: u64 = 72;
+const HZ_BITS: u32 = 21;
+const HZ_MASK: u64 = (1 << HZ_BITS) - 1;
 const POSTED: u64 = 96;
 const COMPLETED: u64 = 104;
 const IN_USE: u64 = 1 << 32;
@@ -130,7 +133,7 @@ impl QpSlot {
 
     /// Clears the executor's words (the slot is being reused or the QP destroyed).
     pub(crate) fn clear_executor(&self, pool: &Pool) {
-        for at in [HZ_QP, HZ_MR_A, HZ_MR_B, EXEC] {
+        for at in [HAZARD, EXEC] {
             w(pool, self.off + at, 0);
         }
     }
@@ -146,6 +149,7 @@ impl QpSlot {
 pub struct QpView {
     /// Its slot.
     pub slot: u32,
+    off: u64,
     /// Its number.
     pub qpn: Qpn,
     /// State.
@@ -169,6 +173,12 @@ pub struct QpView {
 }
 
 impl QpView {
+    /// True while the slot still holds this QP (read after naming it in a hazard word: its
+    /// rings are then this QP's until the hazard is cleared).
+    pub fn current(&self, pool: &Pool) -> bool {
+        r(pool, self.off + ID) == u64::from(self.qpn.0) | IN_USE
+    }
+
     /// The QP in slot `slot` of the table at `table` of `slots` slots; `None` if free.
     pub(crate) fn read(pool: &Pool, table: u64, slots: u32, slot: u32) -> Option<QpView> {
         if slot == 0 || slot >= slots {
@@ -185,6 +195,7 @@ impl QpView {
         let rq = r(pool, off + RQ);
         Some(QpView {
             slot,
+            off,
             qpn: Qpn(id as u32),
             state: QpState::ALL.get((st & 0xff) as usize).copied().unwrap_or(QpState::Error),
             access: Access::from_bits_truncate((st >> 8) as u32),
@@ -201,6 +212,20 @@ impl QpView {
             recv_cq: PoolOffset::new(r(pool, off + RECV_CQ)),
         })
     }
+}
+
+fn field(s: Option<u32>) -> u64 {
+    s.map_or(0, |s| (u64::from(s) + 1) & HZ_MASK)
+}
+
+/// The hazard word naming QP slot `qp` and MR slots `a`, `b`.
+fn hazard_word(qp: Option<u32>, a: Option<u32>, b: Option<u32>) -> u64 {
+    field(qp) | field(a) << HZ_BITS | field(b) << (2 * HZ_BITS)
+}
+
+/// What a hazard word names: (QP slot + 1, MR slot + 1, MR slot + 1); 0 for none.
+pub(crate) fn hazards(v: u64) -> [u64; 3] {
+    [v & HZ_MASK, v >> HZ_BITS & HZ_MASK, v >> (2 * HZ_BITS) & HZ_MASK]
 }
 
 /// The executor's side of a QP slot: what a client process executing the QP's work writes.
@@ -232,33 +257,28 @@ impl Executor {
         )
     }
 
-    /// Gives the word back (hazards cleared first).
+    /// Gives the word back (hazards cleared first; release stores: everything this
+    /// executor did is ordered before them).
     pub fn unlock(&self, pool: &Pool) {
         self.clear(pool);
-        w(pool, self.off + EXEC, 0);
+        let _ = pool.store_u64_with(PoolOffset::new(self.off + EXEC), 0, Ordering::Release);
     }
 
-    /// Names the target QP (its slot), before reading its slot.
-    pub fn enter_qp(&self, pool: &Pool, slot: u32) {
-        w(pool, self.off + HZ_QP, u64::from(slot) + 1);
+    /// Names the target QP (its slot) and the MRs (their slots) about to be read and used,
+    /// *before* reading their slots: one `SeqCst` store.
+    pub fn enter(&self, pool: &Pool, qp: u32, a: Option<u32>, b: Option<u32>) {
+        w(pool, self.off + HAZARD, hazard_word(Some(qp), a, b));
     }
 
-    /// Names the MRs (their slots) about to be read and used, before reading their slots.
-    pub fn enter_mrs(&self, pool: &Pool, a: Option<u32>, b: Option<u32>) {
-        w(pool, self.off + HZ_MR_A, a.map_or(0, |s| u64::from(s) + 1));
-        w(pool, self.off + HZ_MR_B, b.map_or(0, |s| u64::from(s) + 1));
-    }
-
-    /// Leaves the MRs named (the target QP stays named).
-    pub fn clear_mrs(&self, pool: &Pool) {
-        self.enter_mrs(pool, None, None);
+    /// Leaves the MRs (the target QP stays named).
+    pub fn leave_mrs(&self, pool: &Pool, qp: u32) {
+        let v = hazard_word(Some(qp), None, None);
+        let _ = pool.store_u64_with(PoolOffset::new(self.off + HAZARD), v, Ordering::Release);
     }
 
     /// Leaves everything named.
     pub fn clear(&self, pool: &Pool) {
-        for at in [HZ_MR_A, HZ_MR_B, HZ_QP] {
-            w(pool, self.off + at, 0);
-        }
+        let _ = pool.store_u64_with(PoolOffset::new(self.off + HAZARD), 0, Ordering::Release);
     }
 
     /// Counts work requests posted and completed (plain stores: this executor's words).
@@ -309,12 +329,12 @@ mod tests {
         e.lock(&pool, 100).unwrap();
         assert_eq!(e.lock(&pool, 200), Err(100));
         assert!(e.steal(&pool, 100, 200));
-        e.enter_qp(&pool, 3);
-        e.enter_mrs(&pool, Some(5), None);
-        assert_eq!(r(&pool, s.off + HZ_QP), 4);
-        assert_eq!(r(&pool, s.off + HZ_MR_A), 6);
+        e.enter(&pool, 3, Some(5), Some((1 << 20) - 1));
+        assert_eq!(hazards(r(&pool, s.off + HAZARD)), [4, 6, 1 << 20]);
+        e.leave_mrs(&pool, 3);
+        assert_eq!(hazards(r(&pool, s.off + HAZARD)), [4, 0, 0]);
         e.unlock(&pool);
-        assert_eq!(r(&pool, s.off + HZ_QP) + r(&pool, s.off + EXEC), 0);
+        assert_eq!(r(&pool, s.off + HAZARD) + r(&pool, s.off + EXEC), 0);
         s.unpublish(&pool);
         assert!(QpView::read(&pool, table, 8, 2).is_none());
     }
