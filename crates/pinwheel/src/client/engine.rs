@@ -170,6 +170,9 @@ struct Taken {
     ring: Ring,
 }
 
+/// Pool pieces `(offset, bytes)` of one side of a copy.
+type Runs = Vec<(u64, u64)>;
+
 /// The MR slots a QP's work requests read lately: a key names one registration for its whole
 /// life, so its slot's fields do not change; an entry is used only while the slot still holds
 /// the key (checked before, and again after the hazard store, as for a fresh read).
@@ -177,7 +180,7 @@ struct Taken {
 #[derive(Debug, Default)]
 pub(crate) struct Views {
     views: RefCell<Vec<MrView>>,
-    runs: RefCell<(Vec<(u64, u64)>, Vec<(u64, u64)>)>,
+    runs: RefCell<(Runs, Runs)>,
 }
 
 impl Views {
