@@ -299,3 +299,106 @@ fn perf_server_port_in_use_and_no_client() {
     perf_fails(&["read_bw", "-p", "0", "--timeout", "0.5"], 1, "no client came within 0.5 s");
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// `pinwheel serve` on a fresh socket, killed on drop; ready once it printed its node line.
+struct Daemon {
+    child: Child,
+    sock: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("node.sock").display().to_string();
+        let mut child = Process::new(assert_cmd::cargo::cargo_bin("pinwheel"))
+            .args(["serve", "--pool", "memfd", "--size", "128M", "--socket", &sock])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(l);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("pinwheel serve: node") => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("the daemon did not start: {e}");
+                }
+            }
+        }
+        Daemon { child, sock, _dir: dir }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--socket`: two client processes of one daemon, every WRITE executed by the poster's
+/// library through the node's shared tables; `--compare` measures memcpy and a cache-line
+/// ping-pong between the same processes.
+#[test]
+fn perf_socket_write_bw_and_write_lat_between_two_client_processes() {
+    let d = Daemon::start();
+    let mut server = Server::start("write_bw", &["--socket", &d.sock]);
+    let port = server.port.to_string();
+    let common = ["-p", &port, "--socket", &d.sock, "--compare", "--timeout", "20"];
+    let v = perf_json(&[&["write_bw", "127.0.0.1", "-n", "500"], &common[..]].concat());
+    assert_eq!(v["transport"], "shm", "{v:#}");
+    let r = &v["results"][0];
+    assert_eq!((r["bytes"].as_u64(), r["iterations"].as_u64()), (Some(65536), Some(500)));
+    for f in ["bw_average_mib_s", "baseline_mib_s", "ratio"] {
+        assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
+    }
+    assert!(server.wait().success(), "the server failed");
+    assert!(server.rest().contains("served write_bw to"));
+
+    let mut server = Server::start("write_lat", &["--socket", &d.sock]);
+    let port = server.port.to_string();
+    let common = ["-p", &port, "--socket", &d.sock, "--compare", "--timeout", "20"];
+    let v = perf_json(&[&["write_lat", "127.0.0.1", "-n", "300", "-s", "8"], &common[..]].concat());
+    let r = &v["results"][0];
+    assert_eq!((r["bytes"].as_u64(), r["iterations"].as_u64()), (Some(8), Some(300)));
+    for f in ["t_typical_us", "baseline_t_typical_us", "ratio"] {
+        assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
+    }
+    assert!(server.wait().success(), "the server failed");
+}
+
+#[test]
+fn perf_socket_refuses_no_coherence_and_a_missing_daemon() {
+    perf_fails(
+        &["write_bw", "127.0.0.1", "--socket", "/nonexistent.sock", "--no-coherence"],
+        1,
+        "the coherence checks are the node daemon's",
+    );
+    perf_fails(&["read_lat", "--socket", "/x.sock", "--compare"], 1, "read_lat has no baseline");
+    // No daemon at the socket: the server and the client say so before they meet.
+    let running = "is `pinwheel serve --socket /nonexistent/node.sock` running?";
+    perf_fails(&["write_bw", "-p", "0", "--socket", "/nonexistent/node.sock"], 1, running);
+    perf_fails(
+        &["write_bw", "127.0.0.1", "-p", "9", "--socket", "/nonexistent/node.sock"],
+        1,
+        running,
+    );
+}

@@ -65,9 +65,6 @@ bitflags::bitflags! {
         const HUGE_HEAD = 1 << 2;
         /// Non-first frame of a huge frame.
         const HUGE_TAIL = 1 << 3;
-        /// Held back from reuse for a client that may still reach it (see
-        /// `Memory::quarantine`): freeing it hands it to its quarantine instead.
-        const QUARANTINED = 1 << 4;
     }
 }
 

@@ -10,8 +10,15 @@
 //!   pinned for DMA. Only the `unsafe` pin policy takes it; the pins are orphaned (their
 //!   holders keep DMA-ing into frames that now belong to someone else — the corruption the
 //!   2019 debate was about) and the count is reported.
+//!
+//! **Quarantine** ([`Memory::quarantine`]): frames that a client process may still be copying
+//! into (it stalled inside a transfer past the device's drain deadline) are held back from
+//! reuse while the [`Quarantine`] lives, *without* holding up their owner: a frame freed while
+//! quarantined is parked (free in the frame table, absent from the allocator) and given back
+//! when its last quarantine is lifted. DESIGN.md: "after the deadline its old frames are
+//! quarantined (never reused while it lives) and the layout change proceeds".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -49,7 +56,6 @@ pub(crate) struct Counters {
     pub(crate) faults: AtomicU64,
     pub(crate) frames_zeroed: AtomicU64,
     pub(crate) frames_discarded: AtomicU64,
-    pub(crate) quarantined: AtomicU64,
 }
 
 /// A snapshot of the memory core's figures.
@@ -80,6 +86,9 @@ pub struct Memory {
     buddy: Mutex<Buddy>,
     pub(crate) rmap: Rmap,
     pins: Mutex<HashMap<PinId, Weak<PinInner>>>,
+    quarantine: Mutex<QuarantineSet>,
+    /// Frames quarantined or parked: lets `give_back` skip the set's lock when it is empty.
+    quarantined: AtomicU64,
     clock: Arc<dyn Clock>,
     next_aspace: AtomicU64,
     next_pin: AtomicU64,
@@ -112,6 +121,8 @@ impl Memory {
             clock,
             next_aspace: AtomicU64::new(1),
             next_pin: AtomicU64::new(1),
+            quarantine: Mutex::new(QuarantineSet::default()),
+            quarantined: AtomicU64::new(0),
             counters: Counters::default(),
         })
     }
@@ -216,55 +227,69 @@ impl Memory {
     }
 
     /// Frees frames nobody refers to. Invariant 1: asserts if any is mapped, pinned or
-    /// referenced — except quarantined frames, which their quarantine keeps (they are freed
-    /// when it is lifted).
+    /// referenced.
     pub fn free(&self, run: FrameRun) {
-        if !run.iter().any(|p| self.frames.info(p).flags.contains(FrameFlags::QUARANTINED)) {
-            self.frames.release(run);
-            self.give_back(&[run]);
-            return;
-        }
-        for p in run.iter() {
-            if self.frames.info(p).flags.contains(FrameFlags::QUARANTINED) {
-                // The quarantine's reference keeps it; it is freed when that goes.
-                self.drop_owner(FrameRun::new(p, 1));
-            } else {
-                let one = FrameRun::new(p, 1);
-                self.frames.release(one);
-                self.give_back(&[one]);
-            }
-        }
-    }
-
-    /// Holds `frames` back from reuse until the returned [`Quarantine`] is dropped: a client
-    /// process that did not acknowledge an invalidation in time may still load and store
-    /// through its stale mapping of them, so they must not become another file's blocks
-    /// (DESIGN.md, "Who executes a transfer"). The owner may free them meanwhile; they are
-    /// freed for real when the quarantine is lifted.
-    pub fn quarantine(self: &Arc<Self>, frames: &[Pfn]) -> Quarantine {
-        let mut held = Vec::with_capacity(frames.len());
-        for &p in frames {
-            if p.raw() >= self.pool.frames() || self.frames.owner(p) == Owner::Free {
-                continue;
-            }
-            self.frames.get(p);
-            self.frames.set_flags(p, FrameFlags::QUARANTINED);
-            held.push(p);
-        }
-        self.counters.quarantined.fetch_add(held.len() as u64, Ordering::Relaxed);
-        Quarantine { mem: Arc::clone(self), frames: held }
-    }
-
-    /// Frames quarantined now.
-    pub fn quarantined(&self) -> u64 {
-        self.counters.quarantined.load(Ordering::Relaxed)
+        self.frames.release(run);
+        self.give_back(&[run]);
     }
 
     fn give_back(&self, runs: &[FrameRun]) {
+        if self.quarantined.load(Ordering::SeqCst) > 0 {
+            let mut q = self.quarantine.lock();
+            let mut b = self.buddy.lock();
+            for r in runs {
+                for p in r.iter() {
+                    if q.counts.contains_key(&p) {
+                        q.parked.insert(p);
+                    } else {
+                        b.free_range(FrameRun::new(p, 1));
+                    }
+                }
+            }
+            return;
+        }
         let mut b = self.buddy.lock();
         for r in runs {
             b.free_range(*r);
         }
+    }
+
+    /// Holds `frames` back from reuse until the returned [`Quarantine`] is dropped: their owner
+    /// may still free them (they are parked, not given back to the allocator).
+    pub fn quarantine(self: &Arc<Self>, frames: Vec<Pfn>) -> Quarantine {
+        let mut q = self.quarantine.lock();
+        for p in &frames {
+            *q.counts.entry(*p).or_insert(0) += 1;
+        }
+        self.quarantined.store((q.counts.len() + q.parked.len()) as u64, Ordering::SeqCst);
+        drop(q);
+        Quarantine { mem: Arc::clone(self), frames }
+    }
+
+    fn lift(&self, frames: &[Pfn]) {
+        let mut q = self.quarantine.lock();
+        let mut back = Vec::new();
+        for p in frames {
+            let Some(c) = q.counts.get_mut(p) else { continue };
+            *c -= 1;
+            if *c == 0 {
+                q.counts.remove(p);
+                if q.parked.remove(p) {
+                    back.push(*p);
+                }
+            }
+        }
+        self.quarantined.store((q.counts.len() + q.parked.len()) as u64, Ordering::SeqCst);
+        let mut b = self.buddy.lock();
+        for p in back {
+            b.free_range(FrameRun::new(p, 1));
+        }
+    }
+
+    /// Frames held back by quarantines now (in use or parked).
+    pub fn quarantined_frames(&self) -> u64 {
+        let q = self.quarantine.lock();
+        q.counts.len() as u64
     }
 
     /// Returns the memory of free runs of at least [`DISCARD_MIN_FRAMES`] frames to the OS
@@ -417,7 +442,8 @@ impl Memory {
         for i in 0..self.frames.len() {
             let pfn = Pfn::new(i);
             let info = self.frames.info(pfn);
-            if b.is_free(i) != (info.owner == Owner::Free) {
+            let parked = self.quarantine.lock().parked.contains(&pfn);
+            if !parked && b.is_free(i) != (info.owner == Owner::Free) {
                 bad.push(format!(
                     "{pfn}: allocator free={} but owner {:?}",
                     b.is_free(i),
@@ -449,15 +475,28 @@ impl Memory {
     }
 }
 
-/// Frames held back from reuse (see [`Memory::quarantine`]); lifted on drop.
-#[derive(Debug)]
+/// Quarantine bookkeeping: how many quarantines hold each frame, and which of them were freed
+/// meanwhile (parked until the last quarantine goes).
+#[derive(Debug, Default)]
+struct QuarantineSet {
+    counts: HashMap<Pfn, u32>,
+    parked: HashSet<Pfn>,
+}
+
+/// Frames held back from reuse ([`Memory::quarantine`]); dropping it lifts the quarantine.
 pub struct Quarantine {
     mem: Arc<Memory>,
     frames: Vec<Pfn>,
 }
 
+impl std::fmt::Debug for Quarantine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Quarantine of {} frame(s)", self.frames.len())
+    }
+}
+
 impl Quarantine {
-    /// The frames held.
+    /// The frames held back.
     pub fn frames(&self) -> &[Pfn] {
         &self.frames
     }
@@ -465,10 +504,45 @@ impl Quarantine {
 
 impl Drop for Quarantine {
     fn drop(&mut self) {
-        for &p in &self.frames {
-            self.mem.frames.clear_flags(p, FrameFlags::QUARANTINED);
+        self.mem.lift(&self.frames);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::RealClock;
+
+    #[test]
+    fn memory_quarantined_frames_are_not_reused_until_lifted() {
+        let mem = Memory::new(Pool::memfd("q", 16 << 20).unwrap(), RealClock::new());
+        let runs = mem.alloc(4, Placement::Contiguous, Owner::Device, true).unwrap();
+        let run = runs[0];
+        let frames: Vec<Pfn> = run.iter().collect();
+        let q = mem.quarantine(frames[..2].to_vec());
+        assert_eq!(mem.quarantined_frames(), 2);
+        let free_before = mem.free_bytes();
+        // The owner frees all four: two go back, two are parked.
+        mem.free(run);
+        assert_eq!(mem.free_bytes(), free_before + 2 * PAGE_SIZE);
+        assert!(mem.check_invariants().is_empty(), "{:?}", mem.check_invariants());
+        // LIFO allocation would hand the last frames freed out first: never the parked ones.
+        let mut got = Vec::new();
+        while let Ok(r) = mem.alloc(1, Placement::Anywhere, Owner::Device, false) {
+            got.push(r[0].pfn);
         }
-        self.mem.counters.quarantined.fetch_sub(self.frames.len() as u64, Ordering::Relaxed);
-        self.mem.put_heads(std::mem::take(&mut self.frames), Release::Put);
+        assert!(!got.contains(&frames[0]) && !got.contains(&frames[1]));
+        for p in got {
+            mem.free(FrameRun::new(p, 1));
+        }
+        drop(q);
+        assert_eq!(mem.quarantined_frames(), 0);
+        assert_eq!(mem.free_bytes(), free_before + 4 * PAGE_SIZE);
+        assert!(mem.check_invariants().is_empty());
+        // A quarantine of frames nobody frees meanwhile changes nothing when lifted.
+        let r2 = mem.alloc(1, Placement::Anywhere, Owner::Device, false).unwrap()[0];
+        drop(mem.quarantine(vec![r2.pfn]));
+        mem.free(r2);
+        assert!(mem.check_invariants().is_empty());
     }
 }

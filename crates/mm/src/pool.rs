@@ -12,6 +12,7 @@ use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::error::{Errno, MmError, Result};
 use crate::limits::{POOL_SIZE_MAX, POOL_SIZE_MIN};
@@ -128,10 +129,12 @@ impl Pool {
     }
 
     /// Size in bytes.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.size
     }
     /// Number of 4 KiB frames.
+    #[inline]
     pub fn frames(&self) -> u64 {
         self.size / PAGE_SIZE
     }
@@ -156,11 +159,13 @@ impl Pool {
     }
 
     /// Copies pool bytes at `off` into `buf`.
+    #[inline]
     pub fn read(&self, off: PoolOffset, buf: &mut [u8]) -> Result<()> {
         self.map.copy_out(off.raw(), buf).ok_or_else(|| self.oob("read", off, buf.len() as u64))
     }
 
     /// Copies `data` into the pool at `off`.
+    #[inline]
     pub fn write(&self, off: PoolOffset, data: &[u8]) -> Result<()> {
         self.map.copy_in(off.raw(), data).ok_or_else(|| self.oob("write", off, data.len() as u64))
     }
@@ -172,6 +177,7 @@ impl Pool {
     }
 
     /// Copies `len` bytes from `src` to `dst` inside the pool (migration, copy-on-write).
+    #[inline]
     pub fn copy(&self, src: PoolOffset, dst: PoolOffset, len: u64) -> Result<()> {
         let n = self.usize_len("copy", src, len)?;
         self.map.copy_within(src.raw(), dst.raw(), n).ok_or_else(|| self.oob("copy", src, len))
@@ -183,6 +189,7 @@ impl Pool {
     }
 
     /// Atomic compare-and-swap of the 8-byte word at `off` (8-aligned); returns the old value.
+    #[inline]
     pub fn compare_and_swap(&self, off: PoolOffset, expect: u64, new: u64) -> Result<u64> {
         let w = self.word(off, "compare_and_swap")?;
         Ok(match w.compare_exchange(expect, new, Ordering::SeqCst, Ordering::SeqCst) {
@@ -191,21 +198,118 @@ impl Pool {
     }
 
     /// Atomic fetch-and-add of the 8-byte word at `off` (8-aligned); returns the old value.
+    #[inline]
     pub fn fetch_add(&self, off: PoolOffset, add: u64) -> Result<u64> {
         Ok(self.word(off, "fetch_add")?.fetch_add(add, Ordering::SeqCst))
     }
 
     /// Atomic load of the 8-byte word at `off` (8-aligned).
+    #[inline]
     pub fn load_u64(&self, off: PoolOffset) -> Result<u64> {
         Ok(self.word(off, "load_u64")?.load(Ordering::Acquire))
     }
 
     /// Atomic store of the 8-byte word at `off` (8-aligned).
+    #[inline]
     pub fn store_u64(&self, off: PoolOffset, v: u64) -> Result<()> {
         self.word(off, "store_u64")?.store(v, Ordering::Release);
         Ok(())
     }
 
+    /// Atomic load of the 8-byte word at `off` with `order`: shared-memory protocols where a
+    /// store must be ordered before a load of another word (`SeqCst` on both sides, as the MR
+    /// drain and the transfers entering an MR do).
+    #[inline]
+    pub fn load_u64_with(&self, off: PoolOffset, order: Ordering) -> Result<u64> {
+        let order = match order {
+            Ordering::Release | Ordering::AcqRel => Ordering::SeqCst,
+            o => o,
+        };
+        Ok(self.word(off, "load_u64")?.load(order))
+    }
+
+    /// Atomic store of the 8-byte word at `off` with `order` (see [`Pool::load_u64_with`]).
+    #[inline]
+    pub fn store_u64_with(&self, off: PoolOffset, v: u64, order: Ordering) -> Result<()> {
+        let order = match order {
+            Ordering::Acquire | Ordering::AcqRel => Ordering::SeqCst,
+            o => o,
+        };
+        self.word(off, "store_u64")?.store(v, order);
+        Ok(())
+    }
+
+    /// Atomic fetch-and-subtract (wrapping) of the 8-byte word at `off`; returns the old value.
+    #[inline]
+    pub fn fetch_sub(&self, off: PoolOffset, sub: u64) -> Result<u64> {
+        Ok(self.word(off, "fetch_sub")?.fetch_sub(sub, Ordering::SeqCst))
+    }
+
+    /// Atomic compare-and-exchange of the 8-byte word at `off`: `Ok(old)` if it held `current`
+    /// and now holds `new`, `Err(actual)` otherwise.
+    #[inline]
+    pub fn compare_exchange(
+        &self,
+        off: PoolOffset,
+        current: u64,
+        new: u64,
+    ) -> Result<std::result::Result<u64, u64>> {
+        let w = self.word(off, "compare_exchange")?;
+        Ok(w.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
+
+    /// Atomic swap of the 8-byte word at `off`; returns the old value.
+    #[inline]
+    pub fn swap_u64(&self, off: PoolOffset, v: u64) -> Result<u64> {
+        Ok(self.word(off, "swap_u64")?.swap(v, Ordering::SeqCst))
+    }
+
+    /// Atomic load (`SeqCst`) of the 4-byte word at `off` (4-aligned): futex words.
+    #[inline]
+    pub fn load_u32(&self, off: PoolOffset) -> Result<u32> {
+        Ok(self.word32(off, "load_u32")?.load(Ordering::SeqCst))
+    }
+
+    /// Atomic fetch-and-add (`SeqCst`, wrapping) of the 4-byte word at `off`.
+    #[inline]
+    pub fn fetch_add_u32(&self, off: PoolOffset, add: u32) -> Result<u32> {
+        Ok(self.word32(off, "fetch_add_u32")?.fetch_add(add, Ordering::SeqCst))
+    }
+
+    /// Atomic fetch-and-subtract (`SeqCst`, wrapping) of the 4-byte word at `off`.
+    #[inline]
+    pub fn fetch_sub_u32(&self, off: PoolOffset, sub: u32) -> Result<u32> {
+        Ok(self.word32(off, "fetch_sub_u32")?.fetch_sub(sub, Ordering::SeqCst))
+    }
+
+    /// Sleeps while the 4-byte word at `off` holds `expected`, for at most `timeout`, woken by
+    /// [`Pool::futex_wake`] on the same word from any process mapping the pool (a shared
+    /// futex). Spurious returns happen: callers re-check their condition.
+    pub fn futex_wait(&self, off: PoolOffset, expected: u32, timeout: Duration) -> Result<()> {
+        match self.map.futex_wait(off.raw(), expected, timeout) {
+            None => Err(self.not_word32("futex_wait", off)),
+            Some(r) => r.map_err(|errno| MmError::Pool { op: "futex_wait", offset: off, errno }),
+        }
+    }
+
+    /// Wakes up to `n` sleepers of [`Pool::futex_wait`] on the word at `off`; returns how many.
+    pub fn futex_wake(&self, off: PoolOffset, n: u32) -> Result<usize> {
+        match self.map.futex_wake(off.raw(), n) {
+            None => Err(self.not_word32("futex_wake", off)),
+            Some(r) => r.map_err(|errno| MmError::Pool { op: "futex_wake", offset: off, errno }),
+        }
+    }
+
+    fn not_word32(&self, op: &'static str, off: PoolOffset) -> MmError {
+        MmError::invalid(format!("pool {op}: {off} is not a 4-aligned word inside the pool"))
+    }
+
+    #[inline]
+    fn word32(&self, off: PoolOffset, op: &'static str) -> Result<&std::sync::atomic::AtomicU32> {
+        self.map.atomic_u32(off.raw()).ok_or_else(|| self.not_word32(op, off))
+    }
+
+    #[inline]
     fn word(&self, off: PoolOffset, op: &'static str) -> Result<&std::sync::atomic::AtomicU64> {
         self.map.atomic_u64(off.raw()).ok_or_else(|| {
             MmError::invalid(format!("pool {op}: {off} is not an 8-aligned word inside the pool"))
@@ -322,6 +426,42 @@ mod tests {
         p.read(PoolOffset::new(8192), &mut c).unwrap();
         assert_eq!(c[0], 0);
         assert!(p.discard(PoolOffset::new(1), 4096).is_err());
+    }
+
+    #[test]
+    fn pool_shared_words_and_futex() {
+        let p = Pool::memfd("t", 16 << 20).unwrap();
+        let w = PoolOffset::new(64);
+        assert_eq!(p.compare_exchange(w, 0, 7).unwrap(), Ok(0));
+        assert_eq!(p.compare_exchange(w, 0, 8).unwrap(), Err(7));
+        assert_eq!(p.fetch_sub(w, 2).unwrap(), 7);
+        assert_eq!(p.swap_u64(w, 1).unwrap(), 5);
+        p.store_u64_with(w, 9, Ordering::SeqCst).unwrap();
+        assert_eq!(p.load_u64_with(w, Ordering::SeqCst).unwrap(), 9);
+        let f = PoolOffset::new(128);
+        assert_eq!(p.fetch_add_u32(f, 3).unwrap(), 0);
+        assert_eq!(p.load_u32(f).unwrap(), 3);
+        assert_eq!(p.fetch_sub_u32(f, 1).unwrap(), 3);
+        assert!(p.load_u32(PoolOffset::new(130)).is_err());
+        // A mismatching value returns at once; a matching one sleeps until woken (another
+        // mapping of the same pool: a shared futex), or times out.
+        p.futex_wait(f, 99, Duration::from_secs(5)).unwrap();
+        let t0 = std::time::Instant::now();
+        p.futex_wait(f, 2, Duration::from_millis(20)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(15));
+        let q = Pool::from_fd(p.fd().try_clone_to_owned().unwrap()).unwrap();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            q.fetch_add_u32(f, 1).unwrap();
+            q.futex_wake(f, 1).unwrap();
+        });
+        let t0 = std::time::Instant::now();
+        while p.load_u32(f).unwrap() == 2 {
+            p.futex_wait(f, 2, Duration::from_secs(10)).unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        waker.join().unwrap();
+        assert!(p.futex_wake(PoolOffset::new(u64::MAX - 3), 1).is_err());
     }
 
     #[test]

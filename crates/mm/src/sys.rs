@@ -6,7 +6,9 @@
 //! - pool memory is reached only through raw pointers computed here, after a bounds check;
 //! - bulk copies are `ptr::copy_nonoverlapping` between a raw pool pointer and a private
 //!   buffer: each byte is read once, nothing is re-read to decide anything;
-//! - 8-byte words (RDMA atomics, shared counters) are `AtomicU64`s at 8-aligned offsets;
+//! - 8-byte words (RDMA atomics, shared counters) are `AtomicU64`s at 8-aligned offsets, and
+//!   4-byte futex words `AtomicU32`s at 4-aligned offsets (the futex calls are rustix's, safe
+//!   once the word is one);
 //! - syscalls that move bytes between a socket and the pool get raw pointers, never slices.
 
 #![allow(unsafe_code)]
@@ -62,6 +64,7 @@ impl SharedMapping {
     }
 
     /// Raw pointer to byte `off`, after checking `[off, off + n)` lies inside the mapping.
+    #[inline]
     fn at(&self, off: u64, n: usize) -> Option<*mut u8> {
         let off = usize::try_from(off).ok()?;
         let end = off.checked_add(n)?;
@@ -73,6 +76,7 @@ impl SharedMapping {
     }
 
     /// Copies pool bytes `[off, off + dst.len())` into `dst`.
+    #[inline]
     pub(crate) fn copy_out(&self, off: u64, dst: &mut [u8]) -> Option<()> {
         let src = self.at(off, dst.len())?;
         // SAFETY: `src` is valid for `dst.len()` bytes (checked by `at`); `dst` is a private
@@ -83,6 +87,7 @@ impl SharedMapping {
     }
 
     /// Copies `src` into pool bytes `[off, off + src.len())`.
+    #[inline]
     pub(crate) fn copy_in(&self, off: u64, src: &[u8]) -> Option<()> {
         let dst = self.at(off, src.len())?;
         // SAFETY: as in `copy_out`, with the roles swapped.
@@ -91,6 +96,7 @@ impl SharedMapping {
     }
 
     /// Copies `len` bytes inside the pool from `src` to `dst` (ranges may overlap).
+    #[inline]
     pub(crate) fn copy_within(&self, src: u64, dst: u64, len: usize) -> Option<()> {
         let s = self.at(src, len)?;
         let d = self.at(dst, len)?;
@@ -108,6 +114,7 @@ impl SharedMapping {
     }
 
     /// The 8-byte word at `off` as an atomic. `off` must be 8-aligned.
+    #[inline]
     pub(crate) fn atomic_u64(&self, off: u64) -> Option<&AtomicU64> {
         if !off.is_multiple_of(8) {
             return None;
@@ -117,6 +124,50 @@ impl SharedMapping {
         // 8 bytes for the lifetime of `self`, and is only ever accessed atomically or by the
         // byte copies above, which is the documented contract of shared memory here.
         Some(unsafe { AtomicU64::from_ptr(p.cast::<u64>()) })
+    }
+
+    /// The 4-byte word at `off` as an atomic (futex words of shared rings). `off` must be
+    /// 4-aligned.
+    #[inline]
+    pub(crate) fn atomic_u32(&self, off: u64) -> Option<&AtomicU32> {
+        if !off.is_multiple_of(4) {
+            return None;
+        }
+        let p = self.at(off, 4)?;
+        // SAFETY: as `atomic_u64`: `p` is 4-aligned (page-aligned mapping, `off % 4 == 0`),
+        // valid for 4 bytes while `self` lives, and only accessed atomically or by byte copies.
+        Some(unsafe { AtomicU32::from_ptr(p.cast::<u32>()) })
+    }
+
+    /// `FUTEX_WAIT` (shared, not private: the word may be mapped by other processes) on the
+    /// 4-byte word at `off` while it holds `expected`, for at most `timeout`. Returns on a
+    /// wake-up, a timeout, a signal, or at once if the word differs: callers re-check.
+    pub(crate) fn futex_wait(
+        &self,
+        off: u64,
+        expected: u32,
+        timeout: std::time::Duration,
+    ) -> Option<Result<(), Errno>> {
+        use rustix::thread::futex;
+        let w = self.atomic_u32(off)?;
+        let ts = rustix::time::Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        Some(match futex::wait(w, futex::Flags::empty(), expected, Some(&ts)) {
+            Ok(())
+            | Err(rustix::io::Errno::AGAIN)
+            | Err(rustix::io::Errno::TIMEDOUT)
+            | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(Errno::from(e)),
+        })
+    }
+
+    /// `FUTEX_WAKE` (shared) of up to `n` waiters on the word at `off`.
+    pub(crate) fn futex_wake(&self, off: u64, n: u32) -> Option<Result<usize, Errno>> {
+        use rustix::thread::futex;
+        let w = self.atomic_u32(off)?;
+        Some(futex::wake(w, futex::Flags::empty(), n).map_err(Errno::from))
     }
 
     /// `read(2)` from `fd` straight into pool bytes `[off, off + len)`.
@@ -226,6 +277,9 @@ mod tests {
         assert!(m.atomic_u64(3).is_none());
         assert!(m.atomic_u64(8184).is_some());
         assert!(m.atomic_u64(8192).is_none());
+        assert!(m.atomic_u32(2).is_none());
+        assert!(m.atomic_u32(8188).is_some());
+        assert!(m.atomic_u32(8192).is_none());
         assert!(m.fill(0, 8193, 0).is_none());
         assert!(m.copy_within(0, 4096, 4097).is_none());
     }

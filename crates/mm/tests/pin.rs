@@ -226,29 +226,3 @@ fn pin_survives_aspace_teardown() {
     drop(pin);
     assert_eq!(mem.free_bytes(), free0);
 }
-
-#[test]
-fn quarantined_frames_are_not_reused_until_lifted() {
-    let mem = memory(16);
-    let run =
-        mem.alloc(4, Placement::Contiguous, Owner::FileBlock(FileId::new(7)), true).unwrap()[0];
-    let held: Vec<Pfn> = run.iter().take(2).collect();
-    let q = mem.quarantine(&held);
-    assert_eq!(mem.quarantined(), 2);
-    let free_before = mem.free_bytes();
-    // The owner frees all four: two go back, the two quarantined stay out of the allocator.
-    mem.free(run);
-    assert_eq!(mem.free_bytes(), free_before + 2 * PAGE_SIZE);
-    let mut got: Vec<Pfn> = Vec::new();
-    while let Ok(r) = mem.alloc(1, Placement::Anywhere, Owner::Anonymous, false) {
-        got.extend(r[0].iter());
-    }
-    assert!(held.iter().all(|p| !got.contains(p)), "a quarantined frame was handed out");
-    for p in got {
-        mem.free(FrameRun::new(p, 1));
-    }
-    drop(q);
-    assert_eq!(mem.quarantined(), 0);
-    assert_eq!(mem.free_bytes(), free_before + 4 * PAGE_SIZE, "lifted: freed for real");
-    assert_clean(&mem, &[]);
-}

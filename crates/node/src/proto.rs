@@ -316,6 +316,25 @@ pub enum Request {
     Export { obj: ObjId },
     /// Imports an exported object into this handle.
     Import { token: u64 },
+    /// Where a CQ's ring or a QP's slot is in the device region (a client that executes its
+    /// work itself, `docs/shm.md`); answered with [`Reply::ShmObject`].
+    ShmAttach { obj: ObjId },
+    /// What a client executing its work itself cannot do alone (error paths and faults only).
+    ShmReport(ShmReport),
+}
+
+/// Reports of a client executing its work through the shared tables.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ShmReport {
+    /// The peer (a QP of this node) of the handle's QP `qp` failed a responder check: it goes
+    /// to ERR with `QP_ACCESS_ERR`. `status` is the responder's (`ibv_wc_status` value).
+    ResponderError { qp: ObjId, status: u8 },
+    /// A completion could not be queued on the send (or receive) CQ of QP `qpn`: `CQ_ERR` on
+    /// its handle, if the CQ's ring says it overflowed.
+    CqOverflow { qpn: u32, recv: bool },
+    /// Bytes `[off, off + len)` of the ODP or file MR `key` were absent from its translation
+    /// table: fault them in.
+    Fault { key: u32, off: u64, len: u64, write: bool },
 }
 
 /// Node facts a new client needs.
@@ -331,6 +350,10 @@ pub struct Welcome {
     pub policy: String,
     /// Lease-break time.
     pub lease_break_ms: u64,
+    /// Pool offset of the device region (the MR and QP tables), if the node has one: clients
+    /// then post, poll and execute transfers to QPs of this node without asking the daemon.
+    /// Last, so a client of before it decodes the rest.
+    pub region: Option<u64>,
 }
 
 /// An MR as registered.
@@ -505,6 +528,9 @@ pub enum Reply {
         /// Mapped writable (a store fault was served).
         writable: bool,
     },
+    /// Answer to [`Request::ShmAttach`]: a QP's slot in the QP table (0 for a CQ), a CQ's ring
+    /// (pool offset; 0 for a QP).
+    ShmObject { slot: u32, ring: u64 },
 }
 
 /// A message from the daemon on a process's notification socket.
@@ -633,6 +659,8 @@ mod fuzz {
             },
             Request::Fs(FsOp::Write { ino: 3, offset: 9, data: vec![0; 100] }),
             Request::Admin(AdminQuery::Ps),
+            Request::ShmAttach { obj: ObjId(7) },
+            Request::ShmReport(ShmReport::Fault { key: 0x105, off: 4096, len: 8, write: true }),
         ];
         reqs.iter().map(|r| encode(r).expect("encodes")).collect()
     }
@@ -657,7 +685,7 @@ mod fuzz {
         /// length prefix never makes the decoder allocate it.
         #[test]
         fn proto_decoder_survives_mutated_requests(
-            which in 0usize..6,
+            which in 0usize..8,
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
             cut in any::<usize>(),
             tail in proptest::collection::vec(any::<u8>(), 0..16),

@@ -107,7 +107,9 @@ impl Context {
         if depth == 0 || depth > MAX_CQE as usize {
             return Err(VerbsError::invalid(format!("CQ depth {depth} outside 1..={MAX_CQE}")));
         }
-        Ok(CompletionQueue(CqInner::new(self.0.dev.next_id(), depth, Arc::downgrade(&self.0))))
+        let id = self.0.dev.next_id();
+        let cq = CqInner::new(id, depth, Arc::downgrade(&self.0), &self.0.dev.mem)?;
+        Ok(CompletionQueue(cq))
     }
 
     /// The next async event, waiting up to `timeout` (zero: don't wait).

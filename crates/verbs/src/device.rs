@@ -1,5 +1,6 @@
 //! The device: one per node. Owns the MR key table, the QP table, the progress thread that
-//! resumes held queue pairs, and the hooks the node daemon installs (who holds a handle; kill).
+//! resumes held queue pairs, the hooks the node daemon installs (who holds a handle; kill), and
+//! its region of the pool (`shm`): the MR and QP tables client processes read.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,9 +13,11 @@ use pinwheel_fs::{Filesystem, OwnerId};
 use pinwheel_mm::{Memory, PAGE_SIZE};
 
 use crate::context::{Context, ContextInner};
+use crate::error::{VerbsError, VerbsResult};
 use crate::limits::*;
 use crate::mr::{MrInfo, MrInner};
 use crate::qp::{QpInfo, QpInner};
+use crate::shm::Region;
 use crate::types::{make_key, split_key};
 
 /// What the node provides to the device: who holds a device handle, and killing them
@@ -103,19 +106,27 @@ struct Slot {
     mr: Option<Arc<MrInner>>,
 }
 
-/// MR keys: index (24 bits) + generation (8 bits); a stale key fails lookup.
+/// MR keys: index (24 bits) + generation (8 bits); a stale key fails lookup. The index is
+/// also the MR's slot in the region's MR table, so there are as many keys as slots.
 pub(crate) struct MrTable {
     slots: RwLock<Vec<Slot>>,
     free: Mutex<Vec<u32>>,
+    max: u32,
 }
 
 impl MrTable {
-    fn new() -> MrTable {
+    fn new(max: u32) -> MrTable {
         // Index 0 is never used: key 0 is invalid.
         MrTable {
             slots: RwLock::new(vec![Slot { generation: 0, mr: None }]),
             free: Mutex::new(Vec::new()),
+            max,
         }
+    }
+
+    /// Keys available (the device's `max_mr`).
+    pub(crate) fn max(&self) -> u32 {
+        self.max
     }
 
     /// Reserves a key.
@@ -126,7 +137,7 @@ impl MrTable {
         }
         let mut s = self.slots.write();
         let i = s.len() as u32;
-        if i >= MAX_MR {
+        if i >= self.max {
             return None;
         }
         s.push(Slot { generation: 1, mr: None });
@@ -195,6 +206,10 @@ pub(crate) struct DeviceInner {
     pub(crate) hooks: RwLock<Option<Arc<dyn DeviceHooks>>>,
     kick: Mutex<Option<mpsc::Sender<Weak<QpInner>>>>,
     pub(crate) counters: Counters,
+    /// The MR and QP tables in the pool (`None` if the pool had no room for them: clients then
+    /// go through the daemon for everything).
+    pub(crate) region: Option<Region>,
+    qps_max: u32,
 }
 
 impl fmt::Debug for DeviceInner {
@@ -270,12 +285,18 @@ impl Device {
         let guid = 0x7077_0000_0000_0000
             | (std::process::id() as u64) << 16
             | (cfg.memory.pool().size() >> 20 & 0xffff);
+        let region = Region::new(&cfg.memory);
+        if region.is_none() {
+            tracing::warn!("no room in the pool for the device region: no shared data path");
+        }
+        let (mr_max, qps_max) =
+            region.as_ref().map_or((MAX_MR, MAX_QP), |r| (r.mr_slots(), r.qp_slots()));
         Device(Arc::new(DeviceInner {
             name: cfg.name,
             guid,
             mem: cfg.memory,
             fs: cfg.fs,
-            mrs: MrTable::new(),
+            mrs: MrTable::new(mr_max),
             qps: RwLock::new(HashMap::new()),
             contexts: Mutex::new(Vec::new()),
             next_qpn: AtomicU32::new(0x11),
@@ -285,7 +306,39 @@ impl Device {
             hooks: RwLock::new(None),
             kick: Mutex::new(None),
             counters: Counters::default(),
+            region,
+            qps_max,
         }))
+    }
+
+    /// Where the device region is in the pool (what a client process attaches to), if any.
+    pub fn region_offset(&self) -> Option<pinwheel_mm::PoolOffset> {
+        self.0.region.as_ref().map(|r| r.view.base())
+    }
+
+    /// Lifts the quarantines of frames whose stalled client executors have left or died (the
+    /// daemon calls it periodically; drains call it too).
+    pub fn reap_quarantines(&self) {
+        if let Some(r) = &self.0.region {
+            r.reap();
+        }
+    }
+
+    /// Faults bytes `[off, off + len)` of the MR named `key` in (an ODP or file MR; nothing
+    /// to do for a pinned one): a client process found them absent from the MR's translation
+    /// table. The key is the capability: any MR of the node can be named.
+    pub fn fault_for_client(&self, key: u32, off: u64, len: u64, write: bool) -> VerbsResult<()> {
+        let mr = self
+            .0
+            .mrs
+            .get(key)
+            .ok_or_else(|| VerbsError::invalid(format!("key {key:#x}: no such MR")))?;
+        mr.prefetch(off, len, write)
+    }
+
+    /// Quarantines in force (each holds the frames of one drain that gave up waiting).
+    pub fn quarantines(&self) -> usize {
+        self.0.region.as_ref().map_or(0, |r| r.quarantines())
     }
 
     /// Opens a context (a device handle) on behalf of `owner`.
@@ -308,12 +361,12 @@ impl Device {
             hw_ver: 0,
             max_mr_size: MAX_MR_SIZE,
             page_size_cap: PAGE_SIZE | pinwheel_mm::HUGE_PAGE_SIZE,
-            max_qp: MAX_QP,
+            max_qp: self.0.qps_max,
             max_qp_wr: MAX_QP_WR,
             max_sge: MAX_SGE,
             max_cq: MAX_CQ,
             max_cqe: MAX_CQE,
-            max_mr: MAX_MR,
+            max_mr: self.0.mrs.max(),
             max_pd: MAX_PD,
             max_qp_rd_atom: MAX_RD_ATOMIC,
             max_srq: MAX_SRQ,

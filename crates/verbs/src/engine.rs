@@ -31,8 +31,9 @@ use crate::mr::{DmaError, MrInner};
 use crate::mr_cache::MrCache;
 use crate::pinned::Snapshot;
 use crate::qp::{PeerRef, QpCore, QpInner};
+use crate::rq::TakenRecv;
 use crate::types::{Access, Opcode, QpState, Qpn, WcStatus};
-use crate::wr::{RecvWr, SendWr, Sge, WcOpcode, WorkCompletion};
+use crate::wr::{SendWr, Sge, WcOpcode, WorkCompletion};
 
 /// What executing a work request came to.
 pub(crate) enum Outcome {
@@ -173,7 +174,7 @@ pub(crate) fn local_spans(qp: &QpInner, sges: &[Sge], need_write: bool) -> Resul
 
 /// Resolves the buffers of a receive at the responder `t` (`Err`: `LOC_PROT_ERR`, the
 /// receive's status).
-pub(crate) fn recv_spans(t: &QpInner, r: &RecvWr) -> Result<Spans, WcStatus> {
+pub(crate) fn recv_spans(t: &QpInner, r: &crate::wr::RecvWr) -> Result<Spans, WcStatus> {
     let mut spans = local_spans(t, &r.sg_list, true)?;
     for s in spans.iter_mut() {
         if let Span::Mr { side, .. } = s {
@@ -333,15 +334,16 @@ pub(crate) fn responder_error(target: &QpInner, status: WcStatus) {
     }
 }
 
-/// Puts back a receive taken for a transfer that is held or failed without using it. A
-/// responder that went to ERR meanwhile flushes it at once (one reset meanwhile discarded its
-/// queue: so goes the receive); senders that found the queue empty meanwhile are woken.
-pub(crate) fn give_back_recv(t: &QpInner, r: RecvWr) {
+/// Puts back a receive taken for a transfer that is held or failed without using it (one of
+/// the QP's own queue never left it: `rq.rs`). A responder that went to ERR meanwhile flushes
+/// it at once (one reset meanwhile discarded its queue: so goes the receive); senders that
+/// found the queue empty meanwhile are woken.
+pub(crate) fn give_back_recv(t: &QpInner, r: TakenRecv) {
     let mut c = t.core.lock();
-    match &t.srq {
-        Some(s) => s.queue.lock().push_front(r),
-        None if c.state == QpState::Reset => return,
-        None => c.rq.push_front(r),
+    match (&t.srq, r.pos) {
+        (Some(s), None) => s.queue.lock().push_front(r.wr),
+        _ if c.state == QpState::Reset => return,
+        _ => {}
     }
     if c.state == QpState::Error {
         t.flush(&mut c);
@@ -349,14 +351,21 @@ pub(crate) fn give_back_recv(t: &QpInner, r: RecvWr) {
     t.wake_rnr_waiters(&mut c);
 }
 
-/// Completes a receive at `t`; `imm` is (value, came with an RDMA WRITE).
+/// Completes a receive at `t`; `imm` is (value, came with an RDMA WRITE). False if the
+/// receive had left the queue meanwhile (flushed by the QP going to ERR, or reset): it was
+/// completed that way, not this one.
 pub(crate) fn complete_recv(
     t: &QpInner,
-    r: &RecvWr,
+    r: &TakenRecv,
     status: WcStatus,
     byte_len: u32,
     imm: Option<(u32, bool)>,
-) {
+) -> bool {
+    if let (Some(pos), Some(rq)) = (r.pos, &t.rq)
+        && !rq.claim(pos)
+    {
+        return false;
+    }
     let opcode =
         if imm.is_some_and(|(_, w)| w) { WcOpcode::RecvRdmaWithImm } else { WcOpcode::Recv };
     t.recv_cq.push(WorkCompletion {
@@ -367,6 +376,7 @@ pub(crate) fn complete_recv(
         imm: imm.map(|(i, _)| i),
         qpn: Qpn(t.qpn),
     });
+    true
 }
 
 fn execute(
@@ -588,7 +598,7 @@ fn park_rnr(qp: &Arc<QpInner>, t: &Arc<QpInner>) {
         None => {
             let mut c = t.core.lock();
             c.rnr_waiters.push(me);
-            !c.rq.is_empty() || !receiving(c.state)
+            !t.rq_is_empty() || !receiving(c.state)
         }
     };
     if ready {

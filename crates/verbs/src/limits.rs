@@ -47,3 +47,19 @@ pub const WIRE_NAME_MAX: usize = 256;
 /// MRs a QP's executing thread keeps between requests (`mr_cache.rs`): a request names at most
 /// two (its local buffer and the target); a few more cover applications cycling buffers.
 pub const MR_CACHE_ENTRIES: usize = 8;
+/// Attempts a shared ring operation makes before giving up: contention between processes
+/// resolves in a few; a ring whose words were scribbled on must not hang its reader.
+pub const SHM_RING_RETRIES: u32 = 4096;
+/// Spins of a waiter before it sleeps on a ring's futex word (~a few µs): on two cores a
+/// futex round trip costs more than a short spin.
+pub const SHM_WAIT_SPINS: u32 = 2000;
+/// How long a drain waits for client executors inside an MR (or using a QP) before it
+/// quarantines the frames and proceeds: a stalled client cannot hold the node hostage.
+pub const SHM_DRAIN_MS: u64 = 1000;
+/// Bytes a client copies between two checks of an MR's state: a healthy client leaves an MR
+/// being revoked or invalidated within one chunk.
+pub const SHM_CHUNK: u64 = 1 << 20;
+/// Fewest MR slots of a device region (small pools): its MR limit.
+pub const SHM_MR_SLOTS_MIN: u32 = 1024;
+/// Fewest QP slots of a device region: its QP limit.
+pub const SHM_QP_SLOTS_MIN: u32 = 256;

@@ -23,6 +23,13 @@
 //!
 //! Faults happen outside the in-flight section: an invalidation may hold the file lock a fault
 //! needs while it drains us.
+//!
+//! **Shared with client processes** (`shm`): every MR has a slot in the region's MR table. Its
+//! state and translation entries are written there in the same critical sections as here
+//! (the state before the drain, cleared entries before the drain), and the drain also waits
+//! for the client executors naming the MR in their hazard words — up to a deadline, after
+//! which the frames are quarantined (`shm/mod.rs`). The private state, count and maps here
+//! stay the daemon's truth: it never reads the shared copies back.
 
 use std::fmt;
 use std::ops::Range;
@@ -31,19 +38,21 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use pinwheel_fs::{Filesystem, HolderInfo, Ino, PinContext, PinHolder};
+use pinwheel_fs::{HolderInfo, Ino, PinContext, PinHolder};
 use pinwheel_mm::{
-    AddressSpace, Errno, IntervalNotifier, Invalidation, MmError, NotifierHandle, PAGE_SIZE, Pfn,
-    Pin, PinFlags, PinOwner, PoolOffset, Subscription, VirtAddr, pin_user_pages,
+    AddressSpace, Errno, NotifierHandle, PAGE_SIZE, Pfn, Pin, PinFlags, PinOwner, PoolOffset,
+    VirtAddr, pin_user_pages,
 };
 
-use crate::context::{PdInner, ProtectionDomain};
+use crate::context::PdInner;
 use crate::device::DeviceInner;
 use crate::error::{VerbsError, VerbsResult};
 use crate::event::AsyncEvent;
-use crate::limits::{HOLD_MAX_MS, MAX_MR_SIZE};
+use crate::limits::HOLD_MAX_MS;
+use crate::odp::{ODP_VALID, ODP_WRITE, OdpTable};
 use crate::pinned::{PinnedMap, Snapshot};
 use crate::qp::QpInner;
+use crate::shm::{Block, Hazard, MrSlot};
 use crate::types::{Access, EventType, Lkey, Rkey};
 
 /// How an MR is backed.
@@ -119,63 +128,9 @@ pub(crate) enum DmaError<E> {
 /// Times a restore re-pins because a layout change asked for its new pins back.
 const RESTORE_ATTEMPTS: u32 = 8;
 /// How long an ODP or file-MR fault retries while invalidations keep racing it.
-const FAULT_RETRY_TIME: Duration = Duration::from_secs(1);
-const ODP_VALID: u64 = 1 << 63;
-const ODP_WRITE: u64 = 1 << 62;
+pub(crate) const FAULT_RETRY_TIME: Duration = Duration::from_secs(1);
 
-/// Per-page translations of an ODP or file MR: `ODP_VALID | [ODP_WRITE] | pfn`, 0 if absent.
-struct OdpTable {
-    pages: Box<[AtomicU64]>,
-    lock: Mutex<()>,
-}
-
-impl OdpTable {
-    fn new(n: u64) -> OdpTable {
-        OdpTable { pages: (0..n).map(|_| AtomicU64::new(0)).collect(), lock: Mutex::new(()) }
-    }
-    fn present(&self, pages: Range<u64>, write: bool) -> bool {
-        pages.into_iter().all(|p| {
-            let e = self.pages[p as usize].load(Ordering::Acquire);
-            e & ODP_VALID != 0 && (!write || e & ODP_WRITE != 0)
-        })
-    }
-    /// Segments of `[b, b + len)` (bytes from the first page), or `Err(())` if a page is
-    /// missing. Every page is checked before `f` sees any byte, so a retry never repeats part
-    /// of a transfer (a socket payload cannot be read twice).
-    fn for_each<E>(
-        &self,
-        b: u64,
-        len: u64,
-        write: bool,
-        f: &mut dyn FnMut(PoolOffset, u64) -> Result<(), E>,
-    ) -> Result<Result<(), E>, ()> {
-        let mut segs: Vec<(u64, u64)> = Vec::new();
-        let mut at = b;
-        let end = b + len;
-        while at < end {
-            let e = self.pages[(at / PAGE_SIZE) as usize].load(Ordering::Acquire);
-            if e & ODP_VALID == 0 || (write && e & ODP_WRITE == 0) {
-                return Err(());
-            }
-            let pfn = e & !(ODP_VALID | ODP_WRITE);
-            let n = (PAGE_SIZE - at % PAGE_SIZE).min(end - at);
-            let po = pfn * PAGE_SIZE + at % PAGE_SIZE;
-            match segs.last_mut() {
-                Some((p, l)) if *p + *l == po => *l += n,
-                _ => segs.push((po, n)),
-            }
-            at += n;
-        }
-        for (p, l) in segs {
-            if let Err(e) = f(PoolOffset::new(p), l) {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
-    }
-}
-
-enum Backing {
+pub(crate) enum Backing {
     Pinned {
         aspace: Arc<AddressSpace>,
         start: VirtAddr,
@@ -210,24 +165,27 @@ pub(crate) struct MrInner {
     pub(crate) addr: u64,
     pub(crate) len: u64,
     /// Offset of byte 0 within its first page.
-    base: u64,
-    pages: u64,
+    pub(crate) base: u64,
+    pub(crate) pages: u64,
     pub(crate) kind: MrKind,
-    state: AtomicU8,
+    pub(crate) state: AtomicU8,
     /// Bumped (under the map's lock) whenever a pinned MR's map is swapped: a translation
     /// [`Snapshot`] of another generation is stale.
-    map_gen: AtomicU64,
-    inflight: AtomicU64,
-    waiters: AtomicU32,
-    gate: Mutex<()>,
-    cv: Condvar,
-    held: Mutex<Vec<Weak<QpInner>>>,
-    backing: Backing,
-    me: Weak<MrInner>,
-    restores: AtomicU64,
+    pub(crate) map_gen: AtomicU64,
+    pub(crate) inflight: AtomicU64,
+    pub(crate) waiters: AtomicU32,
+    pub(crate) gate: Mutex<()>,
+    pub(crate) cv: Condvar,
+    pub(crate) held: Mutex<Vec<Weak<QpInner>>>,
+    pub(crate) backing: Backing,
+    pub(crate) me: Weak<MrInner>,
+    pub(crate) restores: AtomicU64,
     /// Bumped by every decohere request, even one that finds the MR already decoherent: a
     /// restore in progress learns that the pins it is taking are already wanted back.
-    decohere_requests: AtomicU64,
+    pub(crate) decohere_requests: AtomicU64,
+    /// Its slot in the region's MR table (and the block of a translation table too big for
+    /// the slot).
+    pub(crate) shared: Option<(MrSlot, Option<Block>)>,
 }
 
 impl fmt::Debug for MrInner {
@@ -291,8 +249,10 @@ impl MrInner {
         }
     }
 
-    /// Waits until no transfer is inside the MR.
-    fn drain(&self) {
+    /// Waits until no transfer is inside the MR: this node's (a private count), then client
+    /// processes' (their hazard words; bounded: after the deadline the frames `old()` names
+    /// are quarantined while the stragglers stay inside).
+    pub(crate) fn drain_with(&self, old: &mut dyn FnMut() -> Vec<Pfn>) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let mut g = self.gate.lock();
         while self.inflight.load(Ordering::SeqCst) > 0 {
@@ -300,11 +260,63 @@ impl MrInner {
         }
         drop(g);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
+        // With the coherence checks off (benchmarks, and the control runs of the race tests)
+        // nothing waits for client executors either.
+        if let (Some(r), Some(_), true) = (&self.dev().region, self.slot(), self.dev().coherence())
+        {
+            r.drain(Hazard::Mr(self.key >> 8), old);
+        }
+    }
+
+    /// [`MrInner::drain_with`] quarantining the frames the MR translates to now.
+    fn drain(&self) {
+        self.drain_with(&mut || self.frames())
+    }
+
+    /// The frames the MR translates to now (what a stalled client may still be copying into).
+    fn frames(&self) -> Vec<Pfn> {
+        match &self.backing {
+            Backing::Pinned { map, .. } => map.lock().frames(),
+            Backing::Odp { table, .. } | Backing::File { table, .. } => table
+                .pages
+                .iter()
+                .map(|e| e.load(Ordering::Acquire))
+                .filter(|e| e & ODP_VALID != 0)
+                .map(|e| Pfn::new(e & !(ODP_VALID | ODP_WRITE)))
+                .collect(),
+        }
+    }
+
+    /// Unpublishes the MR and frees its key (deregistration, or a registration that failed).
+    pub(crate) fn forget(&self) {
+        if let Some(slot) = self.slot() {
+            slot.unpublish(self.dev().mem.pool());
+        }
+        self.dev().mrs.release(self.key);
+    }
+
+    fn slot(&self) -> Option<&MrSlot> {
+        self.shared.as_ref().map(|(s, _)| s)
+    }
+
+    /// Publishes a state for client processes.
+    fn publish_state(&self, s: MrState) {
+        if let Some(slot) = self.slot() {
+            slot.set_state(self.dev().mem.pool(), s);
+        }
+    }
+
+    /// Publishes translation entry `page` (0: absent).
+    pub(crate) fn publish_entry(&self, page: u64, entry: u64) {
+        if let Some(slot) = self.slot() {
+            slot.set_entry(self.dev().mem.pool(), page, entry);
+        }
     }
 
     /// Changes state and wakes holders and held queue pairs.
     fn set_state(&self, to: MrState) {
         self.state.store(to as u8, Ordering::SeqCst);
+        self.publish_state(to);
         {
             let _g = self.gate.lock();
             self.cv.notify_all();
@@ -451,73 +463,7 @@ impl MrInner {
         }
     }
 
-    /// ODP / file fault of `pages` (page indices of the MR), the `hmm_range_fault` loop.
-    fn fault(&self, pages: Range<u64>, write: bool) -> Result<(), String> {
-        let (table, handle) = match &self.backing {
-            Backing::Odp { table, handle, .. } | Backing::File { table, handle, .. } => {
-                (table, handle)
-            }
-            Backing::Pinned { .. } => return Ok(()),
-        };
-        if table.present(pages.clone(), write) {
-            return Ok(());
-        }
-        let Some(handle) = handle.get() else { return Err("MR not set up".into()) };
-        self.dev().counters.odp_faults.fetch_add(1, Ordering::Relaxed);
-        // As hmm_range_fault's callers: retry while invalidations race the fault, for up to a
-        // second (HMM_RANGE_DEFAULT_TIMEOUT), not a number of attempts a busy file can exhaust.
-        let deadline = Instant::now() + FAULT_RETRY_TIME;
-        while Instant::now() <= deadline {
-            let seq = handle.read_begin();
-            let mut pfns: Vec<Pfn> = Vec::with_capacity((pages.end - pages.start) as usize);
-            match &self.backing {
-                Backing::Odp { aspace, start, .. } => {
-                    let va = VirtAddr::new(start.raw() + pages.start * PAGE_SIZE);
-                    aspace
-                        .range_fault(va, (pages.end - pages.start) * PAGE_SIZE, write, &mut pfns)
-                        .map_err(|e| e.to_string())?;
-                }
-                Backing::File { file, first_page, .. } => {
-                    for p in first_page + pages.start..first_page + pages.end {
-                        file.fault(p, write, &mut |pfn| {
-                            pfns.push(pfn);
-                            Ok(())
-                        })
-                        .map_err(|e| e.to_string())?;
-                    }
-                }
-                Backing::Pinned { .. } => return Ok(()),
-            }
-            let _g = table.lock.lock();
-            if handle.read_retry(seq) {
-                continue;
-            }
-            let w = if write { ODP_WRITE } else { 0 };
-            for (i, p) in pfns.iter().enumerate() {
-                let slot = &table.pages[(pages.start + i as u64) as usize];
-                let keep_w = slot.load(Ordering::Relaxed) & ODP_WRITE;
-                slot.store(ODP_VALID | w | keep_w | p.raw(), Ordering::Release);
-            }
-            return Ok(());
-        }
-        Err(format!("fault kept racing with invalidations for {} ms", FAULT_RETRY_TIME.as_millis()))
-    }
-
-    /// `ibv_advise_mr(PREFETCH[_WRITE])`: faults the range in now.
-    pub(crate) fn prefetch(&self, off: u64, len: u64, write: bool) -> VerbsResult<()> {
-        let end = off
-            .checked_add(len)
-            .filter(|e| *e <= self.len)
-            .ok_or_else(|| VerbsError::invalid("advise_mr: range outside the MR"))?;
-        match self.kind {
-            MrKind::Pinned => Ok(()),
-            _ => self
-                .fault((self.base + off) / PAGE_SIZE..(self.base + end).div_ceil(PAGE_SIZE), write)
-                .map_err(|e| VerbsError::Mm(MmError::Refused { errno: Errno::EFAULT, reason: e })),
-        }
-    }
-
-    fn post(&self, kind: EventType, detail: String) {
+    pub(crate) fn post(&self, kind: EventType, detail: String) {
         self.pd
             .ctx
             .events
@@ -541,8 +487,10 @@ impl MrInner {
             Backing::Pinned { .. } => self.set_map(PinnedMap::empty()),
             Backing::Odp { table, .. } | Backing::File { table, .. } => {
                 let _g = table.lock.lock();
-                for e in table.pages.iter() {
-                    e.store(0, Ordering::Release);
+                for (p, e) in table.pages.iter().enumerate() {
+                    if e.swap(0, Ordering::AcqRel) != 0 {
+                        self.publish_entry(p as u64, 0);
+                    }
                 }
             }
         }
@@ -550,16 +498,20 @@ impl MrInner {
 
     /// Swaps a pinned MR's map (the old one, and its pins, go once no transfer uses it) and
     /// bumps the map generation, under the map's lock.
-    fn set_map(&self, new: PinnedMap) {
-        let Backing::Pinned { map, .. } = &self.backing else { return };
+    pub(crate) fn set_map(&self, new: PinnedMap) {
+        let Backing::Pinned { map, flags, .. } = &self.backing else { return };
         let mut m = map.lock();
+        if let Some(slot) = self.slot() {
+            let write = flags.contains(PinFlags::WRITE);
+            new.publish(self.dev().mem.pool(), slot, self.pages, write);
+        }
         let old = std::mem::replace(&mut *m, Arc::new(new));
         self.map_gen.fetch_add(1, Ordering::SeqCst);
         drop(m);
         drop(old);
     }
 
-    fn owner(&self) -> VerbsResult<PinOwner> {
+    pub(crate) fn owner(&self) -> VerbsResult<PinOwner> {
         let me: Arc<dyn PinHolder> =
             self.me.upgrade().ok_or_else(|| VerbsError::invalid("MR is being destroyed"))?;
         Ok(PinOwner::new(Arc::new(PinContext { holder: me, owner: self.pd.ctx.owner })))
@@ -612,6 +564,7 @@ impl MrInner {
             )
             .is_ok()
         {
+            self.publish_state(MrState::Decoherent);
             self.post(EventType::MrDecoherent, format!("MR {:#x}: {why}", self.key));
         }
     }
@@ -719,7 +672,7 @@ impl MrInner {
         self.set_state(MrState::Destroyed);
         self.drain();
         self.release_translations();
-        self.dev().mrs.release(self.key);
+        self.forget();
     }
 }
 
@@ -744,30 +697,6 @@ impl PinHolder for MrInner {
 
     fn kill(&self, why: &str) -> bool {
         self.dev().hooks().is_some_and(|h| h.kill(self.pd.ctx.handle, why))
-    }
-}
-
-impl IntervalNotifier for MrInner {
-    fn invalidate(&self, sub: &Subscription, inv: &Invalidation, cur_seq: u64) {
-        let (table, lo_byte) = match &self.backing {
-            Backing::Odp { table, start, .. } => (table, start.raw()),
-            Backing::File { table, first_page, .. } => (table, first_page * PAGE_SIZE),
-            Backing::Pinned { .. } => return,
-        };
-        let span_end = lo_byte + self.pages * PAGE_SIZE;
-        let s = inv.range.start().raw().max(lo_byte);
-        let e = inv.range.end().raw().min(span_end);
-        {
-            let _g = table.lock.lock();
-            sub.set_seq(cur_seq);
-            if s < e {
-                for p in (s - lo_byte) / PAGE_SIZE..(e - lo_byte).div_ceil(PAGE_SIZE) {
-                    table.pages[p as usize].store(0, Ordering::Release);
-                }
-            }
-        }
-        // Invariant 4: no DMA reaches the old frames once this returns.
-        self.drain();
     }
 }
 
@@ -841,183 +770,5 @@ impl MemoryRegion {
     /// Deregisters now.
     pub fn deregister(self) {
         drop(self);
-    }
-}
-
-fn check_access(access: Access, len: u64) -> VerbsResult<()> {
-    if len == 0 || len > MAX_MR_SIZE {
-        return Err(VerbsError::invalid(format!("MR length {len} outside 1..={MAX_MR_SIZE}")));
-    }
-    if access.intersects(Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)
-        && !access.contains(Access::LOCAL_WRITE)
-    {
-        return Err(VerbsError::invalid("REMOTE_WRITE and REMOTE_ATOMIC require LOCAL_WRITE"));
-    }
-    Ok(())
-}
-
-fn writable(access: Access) -> bool {
-    access.intersects(Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC)
-}
-
-impl ProtectionDomain {
-    fn new_mr(
-        &self,
-        addr: u64,
-        len: u64,
-        base: u64,
-        access: Access,
-        kind: MrKind,
-        backing: Backing,
-    ) -> VerbsResult<Arc<MrInner>> {
-        let dev = &self.0.ctx.dev;
-        let key = dev.mrs.reserve().ok_or_else(|| {
-            VerbsError::Limit(format!("{} MRs registered", crate::limits::MAX_MR))
-        })?;
-        let pages = (base + len).div_ceil(PAGE_SIZE);
-        Ok(Arc::new_cyclic(|me| MrInner {
-            key,
-            pd: Arc::clone(&self.0),
-            access,
-            addr,
-            len,
-            base,
-            pages,
-            kind,
-            state: AtomicU8::new(MrState::Valid as u8),
-            map_gen: AtomicU64::new(0),
-            inflight: AtomicU64::new(0),
-            waiters: AtomicU32::new(0),
-            gate: Mutex::new(()),
-            cv: Condvar::new(),
-            held: Mutex::new(Vec::new()),
-            backing,
-            me: me.clone(),
-            restores: AtomicU64::new(0),
-            decohere_requests: AtomicU64::new(0),
-        }))
-    }
-
-    /// `ibv_reg_mr`: registers `[addr, addr + len)` of `aspace`. Pinned unless `access`
-    /// contains `ON_DEMAND`. A pinned registration of file memory is decided by the
-    /// filesystem's pin policy (`EOPNOTSUPP`, `EPERM`, `EFAULT` are its answers).
-    pub fn reg_mr(
-        &self,
-        aspace: &Arc<AddressSpace>,
-        addr: VirtAddr,
-        len: u64,
-        access: Access,
-    ) -> VerbsResult<MemoryRegion> {
-        check_access(access, len)?;
-        let start = addr.page_down();
-        let end = addr
-            .raw()
-            .checked_add(len)
-            .and_then(pinwheel_mm::page_align_up)
-            .ok_or_else(|| VerbsError::invalid("MR range overflows"))?;
-        let base = addr.raw() - start.raw();
-        let dev = Arc::clone(&self.0.ctx.dev);
-        let mr = if access.contains(Access::ON_DEMAND) {
-            let table = OdpTable::new((end - start.raw()) / PAGE_SIZE);
-            let mr = self.new_mr(
-                addr.raw(),
-                len,
-                base,
-                access,
-                MrKind::Odp,
-                Backing::Odp { aspace: Arc::clone(aspace), start, table, handle: OnceLock::new() },
-            )?;
-            let weak: Weak<dyn IntervalNotifier> =
-                Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
-            match aspace.subscribe(start, end - start.raw(), weak) {
-                Ok(h) => {
-                    let Backing::Odp { handle, .. } = &mr.backing else {
-                        unreachable!("just built")
-                    };
-                    let _ = handle.set(h);
-                }
-                Err(e) => {
-                    dev.mrs.release(mr.key);
-                    return Err(e.into());
-                }
-            }
-            mr
-        } else {
-            let mut flags = PinFlags::LONGTERM;
-            if writable(access) {
-                flags |= PinFlags::WRITE;
-            }
-            let map = Mutex::new(Arc::new(PinnedMap::empty()));
-            let mr = self.new_mr(
-                addr.raw(),
-                len,
-                base,
-                access,
-                MrKind::Pinned,
-                Backing::Pinned { aspace: Arc::clone(aspace), start, flags, map },
-            )?;
-            let owner = match mr.owner() {
-                Ok(o) => o,
-                Err(e) => {
-                    dev.mrs.release(mr.key);
-                    return Err(e);
-                }
-            };
-            match pin_user_pages(aspace, start, end - start.raw(), flags, Some(&owner)) {
-                Ok(pin) => {
-                    mr.set_map(PinnedMap::new(vec![(0, pin)], (end - start.raw()) / PAGE_SIZE))
-                }
-                Err(e) => {
-                    dev.mrs.release(mr.key);
-                    return Err(e.into());
-                }
-            }
-            mr
-        };
-        dev.mrs.install(mr.key, Arc::clone(&mr));
-        Ok(MemoryRegion(mr))
-    }
-
-    /// Registers `[offset, offset + len)` of a file by file and offset (no virtual address):
-    /// a file MR, translated through the extent map and following layout changes like ODP.
-    /// Remote addresses of this MR are file offsets.
-    pub fn reg_file_mr(
-        &self,
-        fs: &Filesystem,
-        ino: Ino,
-        offset: u64,
-        len: u64,
-        access: Access,
-    ) -> VerbsResult<MemoryRegion> {
-        check_access(access, len)?;
-        let first_page = offset / PAGE_SIZE;
-        let end = offset
-            .checked_add(len)
-            .and_then(pinwheel_mm::page_align_up)
-            .ok_or_else(|| VerbsError::invalid("file MR range overflows"))?;
-        let base = offset % PAGE_SIZE;
-        let table = OdpTable::new(end / PAGE_SIZE - first_page);
-        let file = fs.backing(ino)?;
-        let mr = self.new_mr(
-            offset,
-            len,
-            base,
-            access,
-            MrKind::File,
-            Backing::File { ino, file, first_page, table, handle: OnceLock::new() },
-        )?;
-        let weak: Weak<dyn IntervalNotifier> = Arc::downgrade(&mr) as Weak<dyn IntervalNotifier>;
-        match fs.subscribe(ino, first_page * PAGE_SIZE, end - first_page * PAGE_SIZE, weak) {
-            Ok(h) => {
-                let Backing::File { handle, .. } = &mr.backing else { unreachable!("just built") };
-                let _ = handle.set(h);
-            }
-            Err(e) => {
-                self.0.ctx.dev.mrs.release(mr.key);
-                return Err(e.into());
-            }
-        }
-        self.0.ctx.dev.mrs.install(mr.key, Arc::clone(&mr));
-        Ok(MemoryRegion(mr))
     }
 }

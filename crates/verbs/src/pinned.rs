@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use pinwheel_mm::{PAGE_SIZE, Pin, PoolOffset};
+use pinwheel_mm::{PAGE_SIZE, Pfn, Pin, Pool, PoolOffset};
+
+use crate::shm::{MrSlot, xlat_entry};
 
 /// The pool pieces behind an MR's pages: `(byte offset from the MR's first page, pool offset,
 /// bytes)`, in order, physically contiguous each.
@@ -90,6 +92,36 @@ impl PinnedMap {
     /// Pages backed.
     pub(crate) fn valid_pages(&self) -> u64 {
         self.pieces.valid_pages
+    }
+
+    /// The frames behind the backed pages.
+    pub(crate) fn frames(&self) -> Vec<Pfn> {
+        let mut v = Vec::new();
+        for &(_, p, l) in &self.pieces.runs {
+            let first = p.raw() / PAGE_SIZE;
+            v.extend((first..first + l.div_ceil(PAGE_SIZE)).map(Pfn::new));
+        }
+        v
+    }
+
+    /// Writes the MR's translation table in the region: an entry per backed page, the
+    /// others (up to `pages`) absent.
+    pub(crate) fn publish(&self, pool: &Pool, slot: &MrSlot, pages: u64, write: bool) {
+        let mut page = 0u64;
+        for &(s, p, l) in &self.pieces.runs {
+            while page < s / PAGE_SIZE {
+                slot.set_entry(pool, page, 0);
+                page += 1;
+            }
+            for k in 0..l.div_ceil(PAGE_SIZE) {
+                slot.set_entry(pool, page, xlat_entry(p.raw() / PAGE_SIZE + k, write));
+                page += 1;
+            }
+        }
+        while page < pages {
+            slot.set_entry(pool, page, 0);
+            page += 1;
+        }
     }
 
     /// [`Pieces::for_each`].

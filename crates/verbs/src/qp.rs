@@ -4,6 +4,11 @@
 //! or attribute mask fails with `EINVAL` and a diagnosis naming what is missing or unexpected.
 //! Posting sends needs RTS (or SQD/ERR, where they are flushed); receives may be posted from
 //! INIT on. A QP in ERR flushes every work request with `WR_FLUSH_ERR`.
+//!
+//! Shared with client processes (`shm`): the receive queue is a ring in the pool (`rq.rs`),
+//! and the QP's state, access flags, peer and rings are published in its slot of the QP table
+//! wherever they change (`publish`, under the QP lock). Destroying the QP drains the client
+//! executors that use its rings before they are freed.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -18,8 +23,13 @@ use crate::device::DeviceInner;
 use crate::engine::Outcome;
 use crate::error::{VerbsError, VerbsResult};
 use crate::event::AsyncEvent;
-use crate::limits::{MAX_INLINE, MAX_QP_WR, MAX_RD_ATOMIC, MAX_SGE, PHYS_PORTS, PKEY_TABLE_LEN};
+use crate::limits::{MAX_INLINE, MAX_QP_WR, MAX_SGE};
 use crate::mr_cache::MrCache;
+use crate::qp_attr::{apply, check_values};
+use crate::rq::{RecvQueue, TakenRecv};
+use crate::shm::{Hazard, PeerView, QpFields, QpSlot};
+pub use crate::srq::SharedReceiveQueue;
+pub(crate) use crate::srq::SrqInner;
 use crate::transport::Link;
 use crate::types::{
     Access, EventType, Opcode, Psn, QpAttrMask, QpState, Qpn, WcStatus, transition,
@@ -154,7 +164,6 @@ pub(crate) struct QpCore {
     pub(crate) state: QpState,
     pub(crate) attr: QpAttr,
     pub(crate) sq: VecDeque<SendWr>,
-    pub(crate) rq: VecDeque<RecvWr>,
     pub(crate) executing: bool,
     pub(crate) peer: Peer,
     /// Senders waiting for a receive to be posted here (RNR).
@@ -203,6 +212,10 @@ pub(crate) struct QpInner {
     pub(crate) recv_cq: Arc<CqInner>,
     pub(crate) srq: Option<Arc<SrqInner>>,
     pub(crate) caps: QpCaps,
+    /// The receive queue (none with an SRQ, or a depth of 0).
+    pub(crate) rq: Option<RecvQueue>,
+    /// Its slot in the region's QP table.
+    pub(crate) slot: Option<QpSlot>,
     pub(crate) core: Mutex<QpCore>,
     /// The state and the access flags, as `core` holds them, readable without its lock by an
     /// initiator of this node checking its target: `state | access << 8` (`publish`).
@@ -253,8 +266,8 @@ impl QpInner {
                 Peer::Local(_) => "local".into(),
                 Peer::Remote(l) => l.peer_name(),
             },
-            posted: c.posted,
-            completed: c.completed,
+            posted: c.posted + self.client_counts().0,
+            completed: c.completed + self.client_counts().1,
             queued: c.sq.len(),
         }
     }
@@ -264,6 +277,32 @@ impl QpInner {
     fn publish(&self, c: &QpCore) {
         let v = u64::from(c.state as u8) | u64::from(c.attr.qp_access_flags.bits()) << 8;
         self.shadow.store(v, Ordering::Release);
+        if let Some(s) = &self.slot {
+            let peer = match &c.peer {
+                Peer::None => PeerView::None,
+                Peer::Remote(_) => PeerView::Remote,
+                Peer::Local(w) => match w.upgrade().and_then(|p| p.slot.map(|s| (s, p.qpn))) {
+                    Some((ps, qpn)) => PeerView::Local { slot: ps.index, qpn: Qpn(qpn) },
+                    None => PeerView::None,
+                },
+            };
+            let pool = self.dev().mem.pool();
+            s.set_state(pool, c.state, c.attr.qp_access_flags, c.attr.rnr_retry, peer);
+        }
+    }
+
+    /// Work requests (posted, completed) a client process executed itself.
+    fn client_counts(&self) -> (u64, u64) {
+        self.slot.map_or((0, 0), |s| s.counts(self.dev().mem.pool()))
+    }
+
+    /// True if no receive is queued (its own queue or its SRQ's).
+    pub(crate) fn rq_is_empty(&self) -> bool {
+        match (&self.srq, &self.rq) {
+            (Some(s), _) => s.queue.lock().is_empty(),
+            (None, Some(q)) => q.is_empty(),
+            (None, None) => true,
+        }
     }
 
     /// The state and access flags, without the lock.
@@ -319,8 +358,8 @@ impl QpInner {
                 qpn: Qpn(self.qpn),
             });
         }
-        if self.srq.is_none() {
-            while let Some(wr) = c.rq.pop_front() {
+        if let (None, Some(rq)) = (&self.srq, &self.rq) {
+            while let Some(wr) = rq.pop() {
                 self.recv_cq.push(WorkCompletion {
                     wr_id: wr.wr_id,
                     status: WcStatus::WrFlushErr,
@@ -333,11 +372,13 @@ impl QpInner {
         }
     }
 
-    /// Takes a receive for an incoming SEND or WRITE_WITH_IMM (from the SRQ if any).
-    pub(crate) fn take_recv(&self, c: &mut QpCore) -> Option<RecvWr> {
-        match &self.srq {
-            Some(s) => s.queue.lock().pop_front(),
-            None => c.rq.pop_front(),
+    /// Takes a receive for an incoming SEND or WRITE_WITH_IMM (from the SRQ if any). One from
+    /// the QP's own queue stays there until `engine::complete_recv` claims it (`rq.rs`).
+    pub(crate) fn take_recv(&self, _c: &mut QpCore) -> Option<TakenRecv> {
+        match (&self.srq, &self.rq) {
+            (Some(s), _) => s.queue.lock().pop_front().map(|wr| TakenRecv { wr, pos: None }),
+            (None, Some(q)) => q.peek(),
+            (None, None) => None,
         }
     }
 
@@ -346,47 +387,6 @@ impl QpInner {
             .ctx
             .events
             .post(AsyncEvent { qpn: Some(Qpn(self.qpn)), ..AsyncEvent::new(kind, detail) });
-    }
-}
-
-/// A shared receive queue.
-#[derive(Clone, Debug)]
-pub struct SharedReceiveQueue(pub(crate) Arc<SrqInner>);
-
-#[derive(Debug)]
-pub(crate) struct SrqInner {
-    pub(crate) queue: Mutex<VecDeque<RecvWr>>,
-    pub(crate) max_wr: u32,
-    pub(crate) waiters: Mutex<Vec<Weak<QpInner>>>,
-    pub(crate) pd: Arc<PdInner>,
-}
-
-impl SharedReceiveQueue {
-    /// Posts receives shared by the QPs using this SRQ.
-    pub fn post_recv(&self, wrs: &[RecvWr]) -> VerbsResult<()> {
-        {
-            let mut q = self.0.queue.lock();
-            if q.len() + wrs.len() > self.0.max_wr as usize {
-                return Err(VerbsError::QueueFull(format!(
-                    "SRQ holds {} of {} receives",
-                    q.len(),
-                    self.0.max_wr
-                )));
-            }
-            q.extend(wrs.iter().cloned());
-        }
-        for w in std::mem::take(&mut *self.0.waiters.lock()) {
-            self.0.pd.ctx.dev.kick(w);
-        }
-        Ok(())
-    }
-    /// Receives queued.
-    pub fn len(&self) -> usize {
-        self.0.queue.lock().len()
-    }
-    /// True if none is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -423,7 +423,29 @@ impl ProtectionDomain {
             )));
         }
         let dev = &self.0.ctx.dev;
+        let rq = match &init.srq {
+            Some(_) => None,
+            None => RecvQueue::new(&dev.mem, c.max_recv_wr, c.max_recv_sge)?,
+        };
+        let slot = match &dev.region {
+            Some(r) => Some(r.alloc_qp().ok_or_else(|| {
+                VerbsError::Limit(format!("{} QPs exist (max_qp)", r.qp_slots() - 1))
+            })?),
+            None => None,
+        };
         let qpn = dev.next_qpn();
+        if let Some(s) = &slot {
+            let f = QpFields {
+                qpn,
+                pd: self.0.id,
+                handle: self.0.ctx.handle,
+                rq: rq.as_ref().map_or(0, |q| q.ring().base().raw()),
+                rq_sge: rq.as_ref().map_or(0, RecvQueue::max_sge),
+                send_cq: init.send_cq.0.ring().base().raw(),
+                recv_cq: init.recv_cq.0.ring().base().raw(),
+            };
+            s.publish(dev.mem.pool(), &f);
+        }
         let qp = Arc::new(QpInner {
             qpn,
             pd: Arc::clone(&self.0),
@@ -431,11 +453,12 @@ impl ProtectionDomain {
             recv_cq: Arc::clone(&init.recv_cq.0),
             srq: init.srq.map(|s| s.0),
             caps: c,
+            rq,
+            slot,
             core: Mutex::new(QpCore {
                 state: QpState::Reset,
                 attr: QpAttr::default(),
                 sq: VecDeque::new(),
-                rq: VecDeque::new(),
                 executing: false,
                 peer: Peer::None,
                 rnr_waiters: Vec::new(),
@@ -448,19 +471,6 @@ impl ProtectionDomain {
         });
         dev.qps.write().insert(qpn, Arc::downgrade(&qp));
         Ok(QueuePair(qp))
-    }
-
-    /// Creates a shared receive queue.
-    pub fn create_srq(&self, max_wr: u32) -> VerbsResult<SharedReceiveQueue> {
-        if max_wr == 0 || max_wr > MAX_QP_WR {
-            return Err(VerbsError::invalid(format!("SRQ depth {max_wr} outside 1..={MAX_QP_WR}")));
-        }
-        Ok(SharedReceiveQueue(Arc::new(SrqInner {
-            queue: Mutex::new(VecDeque::new()),
-            max_wr,
-            waiters: Mutex::new(Vec::new()),
-            pd: Arc::clone(&self.0),
-        })))
     }
 }
 
@@ -481,92 +491,19 @@ impl Drop for QpInner {
             self.dev().kick(w);
         }
         self.dev().qps.write().remove(&self.qpn);
-    }
-}
-
-/// Path MTUs (`enum ibv_mtu`).
-const PATH_MTUS: [u32; 5] = [256, 512, 1024, 2048, 4096];
-
-/// Checks the values of the given attributes against the device (as rxe_qp_chk_attr does):
-/// a value the device cannot honour is EINVAL, not silently clamped.
-fn check_values(a: &QpAttr, given: QpAttrMask) -> Result<(), String> {
-    let has = |m: QpAttrMask| given.contains(m);
-    if has(QpAttrMask::PORT) && !(1..=PHYS_PORTS).contains(&a.port_num) {
-        return Err(format!("port {}: the device's ports are 1..={PHYS_PORTS}", a.port_num));
-    }
-    if has(QpAttrMask::PKEY_INDEX) && a.pkey_index >= PKEY_TABLE_LEN {
-        return Err(format!("P_Key index {} beyond the table of {PKEY_TABLE_LEN}", a.pkey_index));
-    }
-    if has(QpAttrMask::PATH_MTU) && !PATH_MTUS.contains(&a.path_mtu) {
-        return Err(format!("path MTU {} is not one of {PATH_MTUS:?}", a.path_mtu));
-    }
-    for (bit, name, v) in [
-        (QpAttrMask::MAX_QP_RD_ATOMIC, "max_rd_atomic", a.max_rd_atomic),
-        (QpAttrMask::MAX_DEST_RD_ATOMIC, "max_dest_rd_atomic", a.max_dest_rd_atomic),
-    ] {
-        if has(bit) && u32::from(v) > MAX_RD_ATOMIC {
-            return Err(format!("{name} {v} beyond the device's {MAX_RD_ATOMIC}"));
+        // Client executors using its rings leave before they go (or the rings' frames are
+        // quarantined while they stay).
+        if let (Some(s), Some(r)) = (self.slot, &self.dev().region) {
+            s.unpublish(self.dev().mem.pool());
+            let mut frames = || {
+                let mut f = self.rq.as_ref().map(RecvQueue::frames).unwrap_or_default();
+                f.extend(self.send_cq.frames());
+                f.extend(self.recv_cq.frames());
+                f
+            };
+            r.drain(Hazard::Qp(s.index), &mut frames);
+            r.free_qp(s);
         }
-    }
-    // IB header fields: 3-bit retry counters, 5-bit timer codes.
-    for (bit, name, v, max) in [
-        (QpAttrMask::RETRY_CNT, "retry_cnt", a.retry_cnt, 7),
-        (QpAttrMask::RNR_RETRY, "rnr_retry", a.rnr_retry, 7),
-        (QpAttrMask::TIMEOUT, "timeout", a.timeout, 31),
-        (QpAttrMask::MIN_RNR_TIMER, "min_rnr_timer", a.min_rnr_timer, 31),
-    ] {
-        if has(bit) && v > max {
-            return Err(format!("{name} {v} beyond {max}"));
-        }
-    }
-    Ok(())
-}
-
-/// Stores the attributes the mask gives (the table decided which may be given), and only
-/// those.
-fn apply(c: &mut QpAttr, a: &QpAttr, given: QpAttrMask) {
-    let has = |m: QpAttrMask| given.contains(m);
-    if has(QpAttrMask::ACCESS_FLAGS) {
-        c.qp_access_flags = a.qp_access_flags;
-    }
-    if has(QpAttrMask::PKEY_INDEX) {
-        c.pkey_index = a.pkey_index;
-    }
-    if has(QpAttrMask::PORT) {
-        c.port_num = a.port_num;
-    }
-    if has(QpAttrMask::AV) {
-        c.ah = a.ah.clone();
-    }
-    if has(QpAttrMask::PATH_MTU) {
-        c.path_mtu = a.path_mtu;
-    }
-    if has(QpAttrMask::TIMEOUT) {
-        c.timeout = a.timeout;
-    }
-    if has(QpAttrMask::RETRY_CNT) {
-        c.retry_cnt = a.retry_cnt;
-    }
-    if has(QpAttrMask::RNR_RETRY) {
-        c.rnr_retry = a.rnr_retry;
-    }
-    if has(QpAttrMask::RQ_PSN) {
-        c.rq_psn = a.rq_psn;
-    }
-    if has(QpAttrMask::MAX_QP_RD_ATOMIC) {
-        c.max_rd_atomic = a.max_rd_atomic;
-    }
-    if has(QpAttrMask::MIN_RNR_TIMER) {
-        c.min_rnr_timer = a.min_rnr_timer;
-    }
-    if has(QpAttrMask::SQ_PSN) {
-        c.sq_psn = a.sq_psn;
-    }
-    if has(QpAttrMask::MAX_DEST_RD_ATOMIC) {
-        c.max_dest_rd_atomic = a.max_dest_rd_atomic;
-    }
-    if has(QpAttrMask::DEST_QPN) {
-        c.dest_qp_num = a.dest_qp_num;
     }
 }
 
@@ -586,6 +523,43 @@ impl QueuePair {
     /// Capacities.
     pub fn caps(&self) -> QpCaps {
         self.0.caps
+    }
+
+    /// Its slot in the device region's QP table (what a client process executing it reads).
+    pub fn slot(&self) -> Option<u32> {
+        self.0.slot.map(|s| s.index)
+    }
+
+    /// A client process executing this QP's work found the peer's side at fault: the peer
+    /// (a QP of this node) goes to ERR with `QP_ACCESS_ERR`, as the node's engine does it for
+    /// its own transfers (`engine::responder_error`). Only remote access and request errors of
+    /// the responder's checks are accepted.
+    pub fn report_responder_error(&self, status: WcStatus) -> VerbsResult<()> {
+        if !matches!(
+            status,
+            WcStatus::RemAccessErr
+                | WcStatus::RemInvReqErr
+                | WcStatus::LocLenErr
+                | WcStatus::LocProtErr
+        ) {
+            return Err(VerbsError::invalid(format!("{status}: not a responder error")));
+        }
+        let peer = match &self.0.core.lock().peer {
+            Peer::Local(w) => w.upgrade(),
+            _ => None,
+        };
+        let t = peer.ok_or_else(|| {
+            VerbsError::invalid(format!("QP {:#x} has no peer on this node", self.0.qpn))
+        })?;
+        crate::engine::responder_error(&t, status);
+        Ok(())
+    }
+
+    /// A client process could not queue a completion on this QP's send (or receive) CQ: the
+    /// CQ's context gets its `CQ_ERR`, if the CQ's ring says it overflowed.
+    pub fn report_cq_overflow(&self, recv: bool) {
+        let cq = if recv { &self.0.recv_cq } else { &self.0.send_cq };
+        cq.report_lost();
     }
 
     /// `ibv_modify_qp`. Checks the transition and the attribute mask against the table and
@@ -652,7 +626,9 @@ impl QueuePair {
                 self.0.disconnect(&c, "QP reset");
                 self.0.wake_rnr_waiters(&mut c);
                 c.sq.clear();
-                c.rq.clear();
+                if let Some(rq) = &self.0.rq {
+                    while rq.pop().is_some() {}
+                }
                 c.peer = Peer::None;
                 c.attr = QpAttr::default();
             }
@@ -783,12 +759,11 @@ impl QueuePair {
                     self.0.qpn
                 )));
             }
-            if c.rq.len() + wrs.len() > self.0.caps.max_recv_wr as usize {
+            let queued = self.0.rq.as_ref().map_or(0, RecvQueue::len);
+            if queued + wrs.len() > self.0.caps.max_recv_wr as usize {
                 return Err(VerbsError::QueueFull(format!(
                     "receive queue of QP {:#x} holds {} of {}",
-                    self.0.qpn,
-                    c.rq.len(),
-                    self.0.caps.max_recv_wr
+                    self.0.qpn, queued, self.0.caps.max_recv_wr
                 )));
             }
             if let Some(w) =
@@ -796,7 +771,17 @@ impl QueuePair {
             {
                 return Err(VerbsError::invalid(format!("recv wr {}: too many SGEs", w.wr_id)));
             }
-            c.rq.extend(wrs.iter().cloned());
+            if let Some(rq) = &self.0.rq {
+                for w in wrs {
+                    rq.push(w).map_err(|e| {
+                        VerbsError::QueueFull(format!(
+                            "receive queue of QP {:#x}: {e:?} (its ring was written by another \
+                             process meanwhile)",
+                            self.0.qpn
+                        ))
+                    })?;
+                }
+            }
             if c.state == QpState::Error {
                 self.0.flush(&mut c);
             }

@@ -161,7 +161,8 @@ impl WcOpcode {
         .into_iter()
         .find(|o| o.code() == v)
     }
-    pub(crate) fn of(op: Opcode) -> WcOpcode {
+    /// The completion opcode of a work request's opcode.
+    pub fn of(op: Opcode) -> WcOpcode {
         match op {
             Opcode::Write | Opcode::WriteWithImm => WcOpcode::RdmaWrite,
             Opcode::Send | Opcode::SendWithImm => WcOpcode::Send,

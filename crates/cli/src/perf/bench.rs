@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pinwheel::{CompletionQueue, QueuePair, SendWr, WcOpcode, WcStatus, WorkCompletion};
+use pinwheel::{SendWr, WcOpcode, WcStatus, WorkCompletion};
 
 use crate::error::CliError;
 use crate::limits::{PERF_PROGRESS_MS, PERF_SPINS_BEFORE_YIELD};
@@ -127,8 +127,60 @@ pub(crate) fn blank_wc() -> WorkCompletion {
     }
 }
 
-fn post(test: &str, qp: &QueuePair, wr: &SendWr) -> Result<(), CliError> {
-    qp.post_send(std::slice::from_ref(wr)).map_err(|e| CliError::verbs("perf", test, e))
+/// A QP the loops post to: one of an embedded device, or one of a client of a node daemon.
+pub(crate) trait PerfQp {
+    fn post(&self, test: &str, wr: &SendWr) -> Result<(), CliError>;
+}
+
+/// A CQ the loops poll.
+pub(crate) trait PerfCq {
+    /// Moves up to `out.len()` completions into `out`.
+    fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, CliError>;
+    /// Waits up to `d` for a completion.
+    fn wait(&self, d: Duration);
+}
+
+impl PerfQp for pinwheel::QueuePair {
+    fn post(&self, test: &str, wr: &SendWr) -> Result<(), CliError> {
+        self.post_send(std::slice::from_ref(wr)).map_err(|e| CliError::verbs("perf", test, e))
+    }
+}
+
+impl PerfCq for pinwheel::CompletionQueue {
+    fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, CliError> {
+        Ok(pinwheel::CompletionQueue::poll(self, out))
+    }
+    fn wait(&self, d: Duration) {
+        pinwheel::CompletionQueue::wait(self, d);
+    }
+}
+
+fn client_error(test: &str, e: pinwheel::client::Error) -> CliError {
+    CliError::Refused {
+        op: "perf",
+        target: test.to_string(),
+        errno: e.errno(),
+        detail: e.message().to_string(),
+    }
+}
+
+impl PerfQp for pinwheel::client::QueuePair {
+    fn post(&self, test: &str, wr: &SendWr) -> Result<(), CliError> {
+        self.post_send(std::slice::from_ref(wr)).map_err(|e| client_error(test, e))
+    }
+}
+
+impl PerfCq for pinwheel::client::CompletionQueue {
+    fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, CliError> {
+        pinwheel::client::CompletionQueue::poll(self, out).map_err(|e| client_error("poll", e))
+    }
+    fn wait(&self, d: Duration) {
+        let _ = pinwheel::client::CompletionQueue::wait(self, d);
+    }
+}
+
+fn post(test: &str, qp: &dyn PerfQp, wr: &SendWr) -> Result<(), CliError> {
+    qp.post(test, wr)
 }
 
 /// How a bandwidth run goes.
@@ -145,8 +197,8 @@ pub(crate) struct BwPlan {
 /// message before it: RC completes in order).
 pub(crate) fn bw(
     test: &str,
-    qp: &QueuePair,
-    cq: &CompletionQueue,
+    qp: &dyn PerfQp,
+    cq: &dyn PerfCq,
     mut wr: SendWr,
     plan: BwPlan,
     dog: &mut Watchdog,
@@ -170,7 +222,7 @@ pub(crate) fn bw(
             post(test, qp, &wr)?;
             scnt += 1;
         }
-        let got = cq.poll(&mut wcs);
+        let got = cq.poll(&mut wcs)?;
         let now = Instant::now();
         if got == 0 {
             dog.check(now, test)?;
@@ -196,7 +248,7 @@ pub(crate) fn bw(
 
 /// Spins until `ready()`, yielding the CPU after a while (on two cores the peer's engine
 /// thread needs one); bounded by the watchdog.
-fn spin_until(
+pub(crate) fn spin_until(
     test: &str,
     what: &str,
     dog: &Watchdog,
@@ -220,8 +272,8 @@ fn spin_until(
 }
 
 /// Reaps the completions of signaled sends (latency loops); `Ok(n)` completions seen.
-fn reap(test: &str, cq: &CompletionQueue, wcs: &mut [WorkCompletion]) -> Result<usize, CliError> {
-    let got = cq.poll(wcs);
+fn reap(test: &str, cq: &dyn PerfCq, wcs: &mut [WorkCompletion]) -> Result<usize, CliError> {
+    let got = cq.poll(wcs)?;
     if let Some(wc) = wcs[..got].iter().find(|w| w.status != WcStatus::Success) {
         return Err(bad_completion(test, wc));
     }
@@ -247,8 +299,8 @@ pub(crate) struct LatPlan<'a> {
 /// zeroed before the run never matches.
 pub(crate) fn pingpong(
     test: &str,
-    qp: &QueuePair,
-    cq: &CompletionQueue,
+    qp: &dyn PerfQp,
+    cq: &dyn PerfCq,
     mut wr: SendWr,
     plan: &LatPlan<'_>,
     dog: &mut Watchdog,
@@ -262,7 +314,9 @@ pub(crate) fn pingpong(
         if !plan.client {
             spin_until(test, "waiting for the ping", dog, || Ok(plan.poll.get()? == v))?;
         }
-        let t0 = Instant::now();
+        // Only the client keeps time (perftest's server does not): a clock read here would sit
+        // on the critical path of the round trip.
+        let t0 = if plan.client { Some(Instant::now()) } else { None };
         plan.post.set(v)?;
         wr.wr_id = i;
         wr.signaled = true;
@@ -271,6 +325,7 @@ pub(crate) fn pingpong(
         if plan.client {
             spin_until(test, "waiting for the pong", dog, || Ok(plan.poll.get()? == v))?;
             let now = Instant::now();
+            let t0 = t0.unwrap_or(now);
             samples.push(now.saturating_duration_since(t0).as_secs_f64() * 1e6 / 2.0);
             progress.tick(i + 1, plan.iters, now);
         }
@@ -291,8 +346,8 @@ pub(crate) fn pingpong(
 /// trip).
 pub(crate) fn read_lat(
     test: &str,
-    qp: &QueuePair,
-    cq: &CompletionQueue,
+    qp: &dyn PerfQp,
+    cq: &dyn PerfCq,
     mut wr: SendWr,
     iters: u64,
     dog: &mut Watchdog,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use pinwheel::fs::OwnerId;
-use pinwheel::mm::{AddressSpace, Memory, PAGE_SIZE, PoolOffset, VirtAddr};
+use pinwheel::mm::{AddressSpace, Memory, PAGE_SIZE, Pool, PoolOffset, VirtAddr};
 use pinwheel::{
     Access, CompletionQueue, Context, MemoryRegion, Node, NodeConfig, PoolSpec, ProtectionDomain,
     QpCaps, QpInitAttr, Rkey, Sge,
@@ -35,30 +35,50 @@ pub(crate) struct Buffer {
     segments: Vec<(PoolOffset, u64)>,
 }
 
+/// Whose mapping of the pool: this process's node, or a node daemon's pool as a client maps it.
+#[derive(Clone, Debug)]
+pub(crate) enum PoolRef {
+    Node(Arc<Memory>),
+    Client(pinwheel::client::Context),
+}
+
+impl PoolRef {
+    pub(crate) fn pool(&self) -> &Pool {
+        match self {
+            PoolRef::Node(m) => m.pool(),
+            PoolRef::Client(c) => c.pool(),
+        }
+    }
+}
+
 /// The last byte of a message in a buffer: the latency ping-pong's signal (perftest polls
 /// `buf[size - 1]` the same way).
 #[derive(Clone, Debug)]
 pub(crate) struct Flag {
-    mem: Arc<Memory>,
+    pool: PoolRef,
     word: PoolOffset,
     shift: u64,
     byte: PoolOffset,
 }
 
 impl Flag {
+    /// The flag at pool offset `byte`.
+    pub(crate) fn at(pool: PoolRef, byte: PoolOffset) -> Flag {
+        Flag { pool, word: PoolOffset::new(byte.raw() & !7), shift: 8 * (byte.raw() & 7), byte }
+    }
     /// The byte's current value (an atomic load of the word holding it: the engine may be
     /// writing it).
     pub(crate) fn get(&self) -> Result<u8, CliError> {
-        let w = self.mem.pool().load_u64(self.word).map_err(|e| pool_error("poll the flag", e))?;
+        let w = self.pool.pool().load_u64(self.word).map_err(|e| pool_error("poll the flag", e))?;
         Ok((w >> self.shift) as u8)
     }
     /// Stores `v`.
     pub(crate) fn set(&self, v: u8) -> Result<(), CliError> {
-        self.mem.pool().write(self.byte, &[v]).map_err(|e| pool_error("set the flag", e))
+        self.pool.pool().write(self.byte, &[v]).map_err(|e| pool_error("set the flag", e))
     }
 }
 
-fn pool_error(what: &str, e: pinwheel::mm::MmError) -> CliError {
+pub(crate) fn pool_error(what: &str, e: pinwheel::mm::MmError) -> CliError {
     CliError::Pool { op: "perf", path: format!("pool ({what})"), error: e }
 }
 
@@ -171,12 +191,7 @@ impl Buffer {
         let byte = self
             .offset_of(off)
             .ok_or_else(|| CliError::invalid("perf", "buffer", format!("no byte {off} in it")))?;
-        Ok(Flag {
-            mem: Arc::clone(&self.mem),
-            word: PoolOffset::new(byte.raw() & !7),
-            shift: 8 * (byte.raw() & 7),
-            byte,
-        })
+        Ok(Flag::at(PoolRef::Node(Arc::clone(&self.mem)), byte))
     }
 
     /// Writes `data` at byte `off` (a CPU store into the mapped buffer).

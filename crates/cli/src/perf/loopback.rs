@@ -48,7 +48,8 @@ pub(crate) fn run(p: &Params, out: &mut dyn Write) -> Result<(), CliError> {
     let client = End { buf: &client_buf, qp: &cqp, cq: &ccq };
     let server = End { buf: &server_buf, qp: &sqp, cq: &scq };
     let baseline = "memcpy between the same two buffers of the pool, one thread";
-    let info = p.info(&host.node.device.attr(), "loopback", None, baseline);
+    let attr = host.node.device.attr();
+    let info = p.info(attr.name, attr.active_mtu, "loopback", None, baseline);
     let mut rep = Reporter::new(out, p.json);
     rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
     for &size in &p.sizes {

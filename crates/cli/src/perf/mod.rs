@@ -15,6 +15,7 @@ mod bench;
 mod host;
 mod loopback;
 mod report;
+mod shm;
 mod tcp;
 
 use std::io::Write;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use pinwheel::limits::{MAX_MSG, MAX_QP_WR};
-use pinwheel::{DeviceAttr, Rkey, SendWr, Sge};
+use pinwheel::{Rkey, SendWr, Sge};
 
 use crate::error::CliError;
 use crate::limits::{PERF_CQ_MODERATION, PERF_ITERS_MAX, PERF_SIZE_MAX, PERF_TIMEOUT_MAX_S};
@@ -132,6 +133,11 @@ pub struct PerfArgs {
     /// Run both sides in this process: two QPs of one device, no TCP.
     #[arg(long)]
     loopback: bool,
+    /// Run between two client processes of the node served by `pinwheel serve` at PATH: the
+    /// shared data path (each side's library executes its own WRITEs and READs). The two
+    /// processes meet on 127.0.0.1:PORT (-p) to exchange QP numbers and keys.
+    #[arg(long, value_name = "PATH", conflicts_with = "loopback")]
+    socket: Option<std::path::PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -226,10 +232,21 @@ impl Params {
                 format!("work requests in flight must be between 1 and {MAX_QP_WR} (max_qp_wr)"),
             ));
         }
-        if a.compare && !test.is_bw() {
+        let shm_lat = a.socket.is_some() && test == Test::WriteLat;
+        if a.compare && !test.is_bw() && !shm_lat {
             return Err(bad(
                 "--compare",
-                format!("{} has no baseline: --compare is for write_bw and read_bw", test.name()),
+                format!(
+                    "{} has no baseline: --compare is for write_bw and read_bw (and write_lat \
+                     with --socket)",
+                    test.name()
+                ),
+            ));
+        }
+        if a.no_coherence && a.socket.is_some() {
+            return Err(bad(
+                "--no-coherence",
+                "with --socket the coherence checks are the node daemon's, not perf's".into(),
             ));
         }
         Ok(Params {
@@ -250,11 +267,12 @@ impl Params {
         self.sizes.iter().copied().max().unwrap_or(1)
     }
 
-    /// What the run reports with its results: over `transport` (to `server`), on the device
-    /// of `attr`, `--compare` measuring against `baseline`.
+    /// What the run reports with its results: over `transport` (to `server`), on `device`
+    /// (of path MTU `mtu`), `--compare` measuring against `baseline`.
     pub(crate) fn info(
         &self,
-        attr: &DeviceAttr,
+        device: String,
+        mtu: u32,
         transport: &'static str,
         server: Option<String>,
         baseline: &'static str,
@@ -263,11 +281,11 @@ impl Params {
             test: self.test.name(),
             transport,
             server,
-            device: attr.name.clone(),
+            device,
             connection_type: "RC",
             tx_depth: self.tx_depth,
             cq_moderation: self.cq_mod,
-            mtu: attr.active_mtu,
+            mtu,
             coherence_checks: self.coherence,
             baseline: self.compare.then_some(baseline),
             bw_unit: "MiB/s",
@@ -280,6 +298,12 @@ pub fn run(a: PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let p = Params::from_args(&a)?;
     if a.loopback {
         return loopback::run(&p, out);
+    }
+    if let Some(socket) = &a.socket {
+        return match &a.server {
+            Some(server) => shm::client(&p, socket, server, a.port, out),
+            None => shm::server(&p, socket, a.port, out),
+        };
     }
     match &a.server {
         Some(server) => tcp::client(&p, server, a.port, out),

@@ -27,6 +27,7 @@ const BW_HEADER: &str =
     " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]";
 const LAT_HEADER: &str = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]";
 const COMPARE_HEADER: &str = "   baseline[MB/sec]   ratio";
+const LAT_COMPARE_HEADER: &str = "   baseline t_typical[usec]   ratio";
 
 /// One message size of a bandwidth test.
 #[derive(Clone, Debug, Serialize)]
@@ -134,6 +135,13 @@ pub(crate) struct LatRow {
     pub(crate) t_stdev_us: f64,
     pub(crate) t_p99_us: f64,
     pub(crate) t_p99_9_us: f64,
+    /// The baseline of `--compare` (a two-process cache-line ping-pong): its typical half
+    /// round trip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline_t_typical_us: Option<f64>,
+    /// `t_typical_us / baseline_t_typical_us`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<f64>,
 }
 
 impl LatRow {
@@ -166,11 +174,20 @@ impl LatRow {
             t_stdev_us: var.sqrt(),
             t_p99_us: at(0.99),
             t_p99_9_us: at(0.999),
+            baseline_t_typical_us: None,
+            ratio: None,
         }
     }
 
+    /// Adds the baseline's typical latency and the ratio.
+    pub(crate) fn with_baseline(mut self, baseline_us: Option<f64>) -> LatRow {
+        self.baseline_t_typical_us = baseline_us;
+        self.ratio = baseline_us.filter(|b| *b > 0.0).map(|b| self.t_typical_us / b);
+        self
+    }
+
     fn text(&self) -> String {
-        format!(
+        let mut s = format!(
             " {:<7} {}          {:<7.2}        {:<7.2}      {:<7.2}  \t       {:<7.2}     \t{:<7.2}\t\t{:<7.2} \t\t{:<7.2}",
             self.bytes,
             self.iterations,
@@ -181,7 +198,11 @@ impl LatRow {
             self.t_stdev_us,
             self.t_p99_us,
             self.t_p99_9_us
-        )
+        );
+        if let (Some(b), Some(r)) = (self.baseline_t_typical_us, self.ratio) {
+            s.push_str(&format!("\t   {b:<24.2}   {r:.3}"));
+        }
+        s
     }
 }
 
@@ -199,9 +220,9 @@ pub(crate) enum Row {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct RunInfo {
     pub(crate) test: &'static str,
-    /// `loopback` or `tcp`.
+    /// `loopback`, `tcp` or `shm`.
     pub(crate) transport: &'static str,
-    /// The server (TCP client only).
+    /// The server (TCP client only; with `shm`, the node daemon's socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<String>,
     pub(crate) device: String,
@@ -245,9 +266,13 @@ impl<'a> Reporter<'a> {
             writeln!(o, "{RESULT_LINE}")?;
             writeln!(o, "                    {title}")?;
             writeln!(o, " Device          : {}", info.device)?;
-            match &info.server {
-                Some(s) => writeln!(o, " Transport type  : TCP to {s}")?,
-                None => writeln!(o, " Transport type  : loopback (two QPs of one device)")?,
+            match (&info.server, info.transport) {
+                (Some(s), "shm") => writeln!(
+                    o,
+                    " Transport type  : shared memory, two client processes of the node at {s}"
+                )?,
+                (Some(s), _) => writeln!(o, " Transport type  : TCP to {s}")?,
+                (None, _) => writeln!(o, " Transport type  : loopback (two QPs of one device)")?,
             }
             writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
             writeln!(o, " TX depth        : {}", info.tx_depth)?;
@@ -261,7 +286,11 @@ impl<'a> Reporter<'a> {
             }
             writeln!(o, "{RESULT_LINE}")?;
             let header = if bw { BW_HEADER } else { LAT_HEADER };
-            let extra = if info.baseline.is_some() { COMPARE_HEADER } else { "" };
+            let extra = match (info.baseline.is_some(), bw) {
+                (false, _) => "",
+                (true, true) => COMPARE_HEADER,
+                (true, false) => LAT_COMPARE_HEADER,
+            };
             writeln!(o, "{header}{extra}")?;
             o.flush()?;
         }

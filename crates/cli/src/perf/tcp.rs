@@ -28,25 +28,27 @@ use crate::perf::{Params, Test, baseline, bw_request};
 const HELLO_MAGIC: [u8; 4] = *b"PWPF";
 const CTL_MAGIC: [u8; 4] = *b"PWPC";
 const VERSION: u8 = 1;
-const HELLO_LEN: usize = 24;
-const CTL_LEN: u64 = 64;
+pub(crate) const HELLO_LEN: usize = 24;
+pub(crate) const CTL_LEN: u64 = 64;
 /// The work request id of control SENDs (data work requests count from 0).
 const CTL_WRID: u64 = u64::MAX;
 const NO_COHERENCE: u8 = 1;
 
-/// The private data of the connection.
+/// The private data of the connection (and the first message of a `--socket` session).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Hello {
-    test: Test,
-    flags: u8,
+pub(crate) struct Hello {
+    pub(crate) test: Test,
+    pub(crate) flags: u8,
     /// Client: its largest message.
-    max_size: u64,
+    pub(crate) max_size: u64,
     /// Server: the raw TCP baseline listener's port.
-    baseline_port: u16,
+    pub(crate) baseline_port: u16,
+    /// Server of a `--socket` session: its QP's number (0 over TCP).
+    pub(crate) qpn: u32,
 }
 
 impl Hello {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; HELLO_LEN];
         b[0..4].copy_from_slice(&HELLO_MAGIC);
         b[4] = VERSION;
@@ -54,10 +56,11 @@ impl Hello {
         b[6] = self.flags;
         b[8..16].copy_from_slice(&self.max_size.to_le_bytes());
         b[16..18].copy_from_slice(&self.baseline_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.qpn.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Hello, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Hello, String> {
         if b.len() < HELLO_LEN || b[0..4] != HELLO_MAGIC {
             return Err("the peer is not `pinwheel perf`".into());
         }
@@ -72,17 +75,19 @@ impl Hello {
             flags: b[6],
             max_size: u64::from_le_bytes(w),
             baseline_port: u16::from_le_bytes([b[16], b[17]]),
+            qpn: u32::from_le_bytes([b[20], b[21], b[22], b[23]]),
         })
     }
 }
 
 /// A control message.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Ctl {
+pub(crate) enum Ctl {
     /// Client → server: run one message size. `addr`/`rkey`: the client's receive half
     /// (where the server's ping-pong WRITEs go).
     Round { size: u64, iters: u64, addr: u64, rkey: u32 },
-    /// Client → server: take one raw TCP baseline connection carrying `iters` x `size` bytes.
+    /// Client → server: take one raw TCP baseline connection carrying `iters` x `size` bytes
+    /// (`--socket` write_lat: play `iters` rounds of the cache-line ping-pong).
     Baseline { size: u64, iters: u64 },
     /// Server → client: ready; the client's WRITEs and READs target `addr` of `rkey`.
     Ready { addr: u64, rkey: u32 },
@@ -91,7 +96,7 @@ enum Ctl {
 }
 
 impl Ctl {
-    fn encode(&self) -> [u8; CTL_LEN as usize] {
+    pub(crate) fn encode(&self) -> [u8; CTL_LEN as usize] {
         let mut b = [0u8; CTL_LEN as usize];
         b[0..4].copy_from_slice(&CTL_MAGIC);
         let (kind, size, iters, addr, rkey) = match *self {
@@ -108,7 +113,7 @@ impl Ctl {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Ctl, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Ctl, String> {
         if b.len() < CTL_LEN as usize || b[0..4] != CTL_MAGIC {
             return Err("malformed control message".into());
         }
@@ -128,7 +133,7 @@ impl Ctl {
     }
 }
 
-fn peer_error(target: &str, detail: String) -> CliError {
+pub(crate) fn peer_error(target: &str, detail: String) -> CliError {
     CliError::Refused { op: "perf", target: target.to_string(), errno: Errno::EPROTO, detail }
 }
 
@@ -226,7 +231,7 @@ impl<'a> Control<'a> {
     }
 }
 
-fn stdout_error(e: std::io::Error) -> CliError {
+pub(crate) fn stdout_error(e: std::io::Error) -> CliError {
     CliError::io("write", "stdout", "writing the output failed", e)
 }
 
@@ -237,13 +242,13 @@ fn activity(host: &Host) -> u64 {
 }
 
 /// The message buffer: one half per direction for the WRITE ping-pong, one otherwise.
-fn layout(test: Test, max_size: u64) -> (u64, u64) {
+pub(crate) fn layout(test: Test, max_size: u64) -> (u64, u64) {
     let half = max_size.max(1).next_multiple_of(PAGE_SIZE);
     (half, if test == Test::WriteLat { 2 * half } else { half })
 }
 
 /// `host` or `host:port` (an IPv6 literal needs brackets with a port) → an address.
-fn resolve(server: &str, port: u16) -> Result<SocketAddr, CliError> {
+pub(crate) fn resolve(server: &str, port: u16) -> Result<SocketAddr, CliError> {
     let with_port = if server.parse::<SocketAddr>().is_ok() {
         server.to_string()
     } else if server.parse::<std::net::IpAddr>().is_ok() || !server.contains(':') {
@@ -282,7 +287,7 @@ pub(crate) fn client(
     let (cq, rcq) = (host.cq(depth as usize + 64)?, host.cq(PERF_CTL_SLOTS as usize + 4)?);
     let init = Host::qp_init(&cq, &rcq, depth, PERF_CTL_SLOTS as u32);
     let flags = if p.coherence { 0 } else { NO_COHERENCE };
-    let hello = Hello { test: p.test, flags, max_size: p.max_size(), baseline_port: 0 };
+    let hello = Hello { test: p.test, flags, max_size: p.max_size(), baseline_port: 0, qpn: 0 };
     let (qp, private) = host
         .pd
         .connect(&target, init, Access::all_rw(), &hello.encode(), p.timeout)
@@ -301,7 +306,8 @@ pub(crate) fn client(
     }
     let ctl = Control::new(&host, &qp, (&cq, &rcq), target.clone(), p.timeout)?;
     let baseline = "a plain TCP stream between the same two processes";
-    let info = p.info(&host.node.device.attr(), "tcp", Some(target.clone()), baseline);
+    let attr = host.node.device.attr();
+    let info = p.info(attr.name, attr.active_mtu, "tcp", Some(target.clone()), baseline);
     let mut rep = Reporter::new(out, p.json);
     rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
     let me = Client {
@@ -440,7 +446,7 @@ pub(crate) fn server(p: &Params, port: u16, out: &mut dyn Write) -> Result<(), C
     let depth = 16;
     let (cq, rcq) = (host.cq(depth + 64)?, host.cq(PERF_CTL_SLOTS as usize + 4)?);
     let init = Host::qp_init(&cq, &rcq, depth as u32, PERF_CTL_SLOTS as u32);
-    let mine = Hello { test: p.test, flags: 0, max_size: 0, baseline_port: raw_port };
+    let mine = Hello { test: p.test, flags: 0, max_size: 0, baseline_port: raw_port, qpn: 0 };
     let (qp, private) = listener
         .accept(&host.pd, init, Access::all_rw(), &mine.encode(), p.timeout)
         .map_err(|e| {
@@ -464,7 +470,7 @@ pub(crate) fn server(p: &Params, port: u16, out: &mut dyn Write) -> Result<(), C
 }
 
 /// The client's HELLO, checked: the same test, a message size this server can hold.
-fn check_client(p: &Params, peer: &str, private: &[u8]) -> Result<Hello, CliError> {
+pub(crate) fn check_client(p: &Params, peer: &str, private: &[u8]) -> Result<Hello, CliError> {
     let theirs = Hello::decode(private).map_err(|e| peer_error(peer, e))?;
     if theirs.test != p.test {
         return Err(CliError::invalid(
@@ -581,10 +587,12 @@ mod tests {
             flags: NO_COHERENCE,
             max_size: 8 << 20,
             baseline_port: 4321,
+            qpn: 0x1234,
         };
         assert_eq!(Hello::decode(&h.encode()), Ok(h));
         assert!(Hello::decode(b"hello").is_err());
-        let mut b = Hello { test: Test::WriteBw, flags: 0, max_size: 1, baseline_port: 0 }.encode();
+        let h = Hello { test: Test::WriteBw, flags: 0, max_size: 1, baseline_port: 0, qpn: 0 };
+        let mut b = h.encode();
         b[4] = 9;
         assert!(Hello::decode(&b).unwrap_err().contains("protocol 9"));
         b[4] = VERSION;

@@ -99,7 +99,7 @@ pub(crate) fn view(shared: &Shared, q: AdminQuery) -> Reply {
                 file_pins: fs.file_pins().len() as u64,
                 leases: fs.leases().len() as u64,
                 pinned_pages: st.pins_acquired.saturating_sub(st.pins_released),
-                quarantined_frames: shared.node.memory.quarantined(),
+                quarantined_frames: shared.node.memory.quarantined_frames(),
             })
         }
     }

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -27,8 +27,8 @@ use crate::limits::{
     MAX_WR_PER_CALL, NOTIFY_ACK_MS,
 };
 use crate::proto::{
-    self, MrTarget, ObjId, Reply, Request, Welcome, WireError, WireLease, WireMr, WireQp,
-    WireQpInit,
+    self, MrTarget, ObjId, Reply, Request, ShmReport, Welcome, WireError, WireLease, WireMr,
+    WireQp, WireQpInit,
 };
 
 /// A device handle as the daemon keeps it.
@@ -48,6 +48,8 @@ pub(crate) struct HandleState {
     pub(crate) objects: Mutex<Objects>,
     /// Requests waiting on their own threads.
     waiting: AtomicUsize,
+    /// Requests received (the shared data path makes none: tests check it).
+    pub(crate) requests: AtomicU64,
     /// The daemon's end of the handle socket.
     pub(crate) sock: OwnedFd,
     /// Notification sockets of the processes using the handle's file mappings, by pid.
@@ -80,6 +82,8 @@ fn waits(req: &Request) -> bool {
         Request::RestoreMr { .. } | Request::Store { .. } | Request::Load { .. } => true,
         Request::SetLease { .. } | Request::OpenFile { .. } | Request::Admin(_) => true,
         Request::Fault { .. } | Request::MapFile { .. } => true,
+        // A fault may wait for an invalidation holding the file's lock.
+        Request::ShmReport(ShmReport::Fault { .. }) => true,
         _ => false,
     }
 }
@@ -101,6 +105,7 @@ impl HandleState {
             aspace,
             objects: Mutex::new(Objects::default()),
             waiting: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             sock,
             notifiers: Mutex::new(std::collections::HashMap::new()),
             quarantine: Arc::new(Mutex::new(Vec::new())),
@@ -119,6 +124,7 @@ impl HandleState {
                     continue;
                 }
             };
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let mut fds = got.fds.into_iter();
             let Some(reply_to) = fds.next() else {
                 tracing::warn!(handle = self.no, pid = ?got.pid, "request without a reply socket");
@@ -506,6 +512,8 @@ impl HandleState {
             Request::Admin(q) => Ok(super::admin::view(shared, q)),
             Request::Export { obj } => shared.export(self, obj),
             Request::Import { token } => shared.import(self, token),
+            Request::ShmAttach { obj } => self.shm_attach(obj),
+            Request::ShmReport(r) => self.shm_report(shared, r),
         }
     }
 
@@ -573,6 +581,38 @@ impl HandleState {
             w.set_id(id);
         }
         Ok(Reply::Mapped { id, addr: addr.raw() })
+    }
+
+    fn shm_attach(&self, obj: ObjId) -> Answer {
+        let objs = self.objects.lock();
+        match objs.get(obj) {
+            Some(Obj::Cq(c)) => Ok(Reply::ShmObject { slot: 0, ring: c.ring_offset().raw() }),
+            Some(Obj::Qp { qp, .. }) => match qp.slot() {
+                Some(slot) => Ok(Reply::ShmObject { slot, ring: 0 }),
+                None => Err(err(Errno::EOPNOTSUPP, format!("QP {obj} has no shared slot"))),
+            },
+            Some(o) => Err(err(Errno::EINVAL, format!("{obj} is a {}: no shared form", o.kind()))),
+            None => Err(err(Errno::EBADF, format!("{obj}: no such object"))),
+        }
+    }
+
+    fn shm_report(&self, shared: &Arc<Shared>, r: ShmReport) -> Answer {
+        match r {
+            ShmReport::ResponderError { qp, status } => {
+                let s = pinwheel_verbs::WcStatus::from_u8(status)
+                    .ok_or_else(|| err(Errno::EINVAL, format!("status {status}")))?;
+                self.qp(qp)?.report_responder_error(s).map_err(verr)?;
+            }
+            ShmReport::CqOverflow { qpn, recv } => {
+                let q = shared.qps.lock().get(&qpn).cloned();
+                q.ok_or_else(|| err(Errno::ENOENT, format!("QP {qpn:#x}: none such")))?
+                    .report_cq_overflow(recv);
+            }
+            ShmReport::Fault { key, off, len, write } => {
+                shared.node.device.fault_for_client(key, off, len, write).map_err(verr)?;
+            }
+        }
+        Ok(Reply::Ok)
     }
 
     fn frames(&self, addr: u64, len: u64) -> Answer {
@@ -677,6 +717,7 @@ impl Shared {
             handle,
             policy: self.node.fs.policy().name().to_string(),
             lease_break_ms: self.node.fs.lease_break().as_millis() as u64,
+            region: self.node.device.region_offset().map(|o| o.raw()),
         }
     }
 }

@@ -204,7 +204,7 @@ impl IntervalNotifier for MapWatch {
             seq,
         };
         if !self.chan.notify(&n, seq, self.ack_wait) {
-            let q = self.mem.quarantine(&frames);
+            let q = self.mem.quarantine(frames);
             tracing::warn!(
                 pid = self.chan.pid,
                 map = %map,

@@ -253,6 +253,12 @@ impl Daemon {
         self.shared.handles.lock().len()
     }
 
+    /// Requests handle `handle` has sent so far (a client executing its data path through
+    /// the shared tables sends none for its posts and polls).
+    pub fn requests(&self, handle: u64) -> Option<u64> {
+        self.shared.handles.lock().get(&handle).map(|h| h.requests.load(Ordering::Relaxed))
+    }
+
     /// Stops: no new clients, every handle closed (objects destroyed), the filesystem
     /// unmounted and the pool flushed.
     pub fn stop(mut self) -> Result<(), pinwheel_fs::FsError> {
@@ -288,6 +294,8 @@ impl Drop for Daemon {
 
 fn accept_loop(shared: &Arc<Shared>, listener: OwnedFd) {
     while !shared.stopping.load(Ordering::Acquire) {
+        // Every 100 ms at most: lift the quarantines of frames whose stalled clients left.
+        shared.node.device.reap_quarantines();
         if !matches!(channel::wait_readable(listener.as_fd(), Duration::from_millis(100)), Ok(true))
         {
             continue;

@@ -12,9 +12,20 @@
 //! the pool's file descriptor: the bytes a remote RDMA WRITE puts there are the bytes
 //! [`Buffer::read`] returns, with no copy through the daemon. File mappings are served by the
 //! daemon ([`Mapping::read`]).
+//!
+//! **The data path makes no request** when the node has a device region (`Welcome::region`):
+//! completion queues are rings in the pool that [`CompletionQueue::poll`] reads, receive
+//! queues rings that [`QueuePair::post_recv`] writes, and [`QueuePair::post_send`] to a QP of
+//! the same node executes the transfer in this process (`engine.rs`, `shm_qp.rs`,
+//! `docs/shm.md`) after checking the target in the node's shared MR and QP tables. Sends to a
+//! QP of another node (TCP) still go through the daemon, whose engine executes them and
+//! queues their completions on the same rings.
 
 mod dax;
+mod engine;
+pub mod limits;
 mod objects;
+mod shm_qp;
 mod sys;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,6 +39,7 @@ use pinwheel_node::convert;
 use pinwheel_node::limits::{ANSWER_MARGIN_MS, MAX_LABEL, MAX_WAIT_MS};
 use pinwheel_node::proto::{self, AdminQuery, FsOp, Reply, Request, Welcome, WireError};
 use pinwheel_verbs::AsyncEvent;
+use pinwheel_verbs::shm::RegionView;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 pub use objects::{
@@ -76,6 +88,16 @@ pub(crate) struct Conn {
     welcome: Welcome,
     /// This process's notification channel for file mappings (made on first use).
     pub(crate) notify: parking_lot::Mutex<Option<dax::Notify>>,
+    /// The device region, if the node has one (the shared data path).
+    pub(crate) shm: Option<shm_qp::Shm>,
+}
+
+fn conn(handle: OwnedFd, pool: Pool, welcome: Welcome) -> Conn {
+    let shm = welcome
+        .region
+        .and_then(|off| RegionView::attach(&pool, pinwheel_mm::PoolOffset::new(off)))
+        .map(shm_qp::Shm::new);
+    Conn { handle, pool, welcome, shm, notify: parking_lot::Mutex::new(None) }
 }
 
 impl Conn {
@@ -162,14 +184,7 @@ impl Context {
             return Err(Error::new(Errno::EPROTO, "Welcome without the handle and pool"));
         };
         let pool = map_pool(pool, &w)?;
-        Ok(Context {
-            conn: Arc::new(Conn {
-                handle,
-                pool,
-                welcome: w,
-                notify: parking_lot::Mutex::new(None),
-            }),
-        })
+        Ok(Context { conn: Arc::new(conn(handle, pool, w)) })
     }
 
     /// Opens the default socket ([`default_socket`]).
@@ -190,14 +205,7 @@ impl Context {
             .next()
             .ok_or_else(|| Error::new(Errno::EPROTO, "Welcome without the pool"))?;
         let pool = map_pool(pool, &w)?;
-        Ok(Context {
-            conn: Arc::new(Conn {
-                handle,
-                pool,
-                welcome: w,
-                notify: parking_lot::Mutex::new(None),
-            }),
-        })
+        Ok(Context { conn: Arc::new(conn(handle, pool, w)) })
     }
 
     /// The device handle (to `dup`, to send with `SCM_RIGHTS`, or to keep across `fork`).
@@ -213,6 +221,22 @@ impl Context {
     /// The node's facts.
     pub fn node(&self) -> &Welcome {
         &self.conn.welcome
+    }
+
+    /// The node's pool, as this process maps it (what buffers and the shared tables are in).
+    pub fn pool(&self) -> &Pool {
+        &self.conn.pool
+    }
+
+    /// The node's device region (its MR and QP tables), if it has one.
+    pub fn region(&self) -> Option<RegionView> {
+        self.conn.shm.as_ref().map(|s| s.region)
+    }
+
+    /// True if this handle posts, polls and executes transfers between QPs of the node
+    /// through the node's shared tables (no request to the daemon on the data path).
+    pub fn shared_data_path(&self) -> bool {
+        self.conn.shm.is_some()
     }
 
     /// A protection domain.

@@ -11,7 +11,9 @@ use pinwheel_node::limits::{MAX_WAIT_MS, MAX_WR_PER_CALL};
 use pinwheel_node::proto::{MrTarget, ObjId, Reply, Request, WireLease, WireMr, WireQpInit};
 use pinwheel_verbs::{Access, Lkey, Qpn, RecvWr, Rkey, SendWr, WcOpcode, WcStatus, WorkCompletion};
 
+use super::shm_qp::{ShmQp, cq_ring, poll_ring};
 use super::{Context, Error, Result, unexpected};
+use pinwheel_verbs::shm::Ring;
 
 /// An object id and the request that destroys it.
 struct Owned {
@@ -122,7 +124,7 @@ impl ProtectionDomain {
         let w = wire_init(send_cq, recv_cq, init);
         let r = self.0.ctx.conn.call(&Request::CreateQp { pd: self.0.id, init: w })?;
         let Reply::Qp { qp, .. } = r else { return Err(unexpected(r)) };
-        Ok(QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn))
+        QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn, init)
     }
 
     /// Connects a new QP to a node's `--listen` address over TCP; returns it and the peer's
@@ -146,7 +148,7 @@ impl ProtectionDomain {
         };
         let r = self.0.ctx.conn.call_waiting(&req, Duration::from_secs(10))?;
         let Reply::Qp { qp, private } = r else { return Err(unexpected(r)) };
-        Ok((QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn), private))
+        Ok((QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn, init)?, private))
     }
 
     /// Accepts the next connection a remote node makes to this node's `--listen` address onto
@@ -170,7 +172,7 @@ impl ProtectionDomain {
         };
         let r = self.0.ctx.conn.call_waiting(&req, wait)?;
         let Reply::Qp { qp, private } = r else { return Err(unexpected(r)) };
-        Ok((QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn), private))
+        Ok((QueuePair::new(self, send_cq, recv_cq, qp.id, qp.qpn, init)?, private))
     }
 
     /// Exports this PD for another handle to import ([`Context::import_pd`]).
@@ -184,8 +186,8 @@ impl ProtectionDomain {
 
 fn wire_init(s: &CompletionQueue, r: &CompletionQueue, i: QpInit) -> WireQpInit {
     WireQpInit {
-        send_cq: s.0.id,
-        recv_cq: r.0.id,
+        send_cq: s.inner.id,
+        recv_cq: r.inner.id,
         max_send_wr: i.max_send_wr,
         max_recv_wr: i.max_recv_wr,
         max_sge: i.max_sge,
@@ -259,30 +261,57 @@ pub(super) fn import_mr(ctx: &Context, token: u64) -> Result<MemoryRegion> {
 
 /// A completion queue.
 #[derive(Clone, Debug)]
-pub struct CompletionQueue(Arc<Owned>);
+pub struct CompletionQueue {
+    inner: Arc<Owned>,
+    /// Its ring, polled directly (the shared data path).
+    ring: Option<Ring>,
+}
 
 pub(super) fn create_cq(ctx: &Context, depth: u32) -> Result<CompletionQueue> {
     let id = created(ctx.conn.call(&Request::CreateCq { depth })?)?;
-    Ok(CompletionQueue(Arc::new(Owned {
-        ctx: ctx.clone(),
-        id,
-        destroy: |cq| Request::DestroyCq { cq },
-    })))
+    let inner = Arc::new(Owned { ctx: ctx.clone(), id, destroy: |cq| Request::DestroyCq { cq } });
+    let ring = match &ctx.conn.shm {
+        Some(_) => match ctx.conn.call(&Request::ShmAttach { obj: id })? {
+            Reply::ShmObject { ring, .. } => cq_ring(&ctx.conn.pool, PoolOffset::new(ring)),
+            r => return Err(unexpected(r)),
+        },
+        None => None,
+    };
+    Ok(CompletionQueue { inner, ring })
 }
 
 impl CompletionQueue {
     /// Moves up to `out.len()` completions into `out`, waiting up to `wait` for the first.
     pub fn poll_wait(&self, out: &mut [WorkCompletion], wait: Duration) -> Result<usize> {
+        if let Some(ring) = &self.ring {
+            return Ok(poll_ring(&self.inner.ctx.conn, ring, out, wait));
+        }
         let max = out.len().min(MAX_WR_PER_CALL) as u32;
         let wait = wait.min(Duration::from_millis(u64::from(MAX_WAIT_MS)));
-        let req = Request::PollCq { cq: self.0.id, max, wait_ms: wait.as_millis() as u32 };
-        let r = self.0.ctx.conn.call_waiting(&req, wait)?;
+        let req = Request::PollCq { cq: self.inner.id, max, wait_ms: wait.as_millis() as u32 };
+        let r = self.inner.ctx.conn.call_waiting(&req, wait)?;
         let Reply::Completions(wcs) = r else { return Err(unexpected(r)) };
         for (slot, w) in out.iter_mut().zip(&wcs) {
             *slot = convert::wc_from_wire(w);
         }
         Ok(wcs.len().min(out.len()))
     }
+    /// Waits up to `timeout` for a completion to be ready (without taking it); true if one
+    /// is. Without the shared data path, sleeps a millisecond at most (the daemon's queue
+    /// cannot be looked at without taking from it).
+    pub fn wait(&self, timeout: Duration) -> Result<bool> {
+        match &self.ring {
+            Some(ring) => {
+                let pool = &self.inner.ctx.conn.pool;
+                Ok(ring.wait(pool, timeout, &mut || !ring.is_empty(pool)))
+            }
+            None => {
+                std::thread::sleep(timeout.min(Duration::from_millis(1)));
+                Ok(false)
+            }
+        }
+    }
+
     /// Polls without waiting.
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize> {
         self.poll_wait(out, Duration::ZERO)
@@ -308,6 +337,9 @@ fn blank_wc() -> WorkCompletion {
 /// A queue pair (RC).
 #[derive(Clone, Debug)]
 pub struct QueuePair {
+    /// Executed by this process through the shared tables (declared first: dropped before the
+    /// daemon is asked to destroy the QP).
+    shm: Option<Arc<ShmQp>>,
     inner: Arc<Owned>,
     qpn: u32,
     _deps: Arc<(ProtectionDomain, CompletionQueue, CompletionQueue)>,
@@ -320,20 +352,30 @@ impl QueuePair {
         r: &CompletionQueue,
         id: ObjId,
         qpn: u32,
-    ) -> QueuePair {
-        QueuePair {
-            inner: Arc::new(Owned {
-                ctx: pd.0.ctx.clone(),
-                id,
-                destroy: |qp| Request::DestroyQp { qp },
-            }),
-            qpn,
-            _deps: Arc::new((pd.clone(), s.clone(), r.clone())),
-        }
+        init: QpInit,
+    ) -> Result<QueuePair> {
+        let ctx = &pd.0.ctx;
+        let inner =
+            Arc::new(Owned { ctx: ctx.clone(), id, destroy: |qp| Request::DestroyQp { qp } });
+        let shm = match &ctx.conn.shm {
+            Some(_) => match ctx.conn.call(&Request::ShmAttach { obj: id })? {
+                Reply::ShmObject { slot, .. } => {
+                    Some(Arc::new(ShmQp::new(&ctx.conn, id, slot, init)?))
+                }
+                r => return Err(unexpected(r)),
+            },
+            None => None,
+        };
+        Ok(QueuePair { shm, inner, qpn, _deps: Arc::new((pd.clone(), s.clone(), r.clone())) })
     }
     /// The QP number.
     pub fn qpn(&self) -> Qpn {
         Qpn(self.qpn)
+    }
+    /// Its slot in the node's QP table, if this process executes its work through the shared
+    /// tables (its executor words are there: `pinwheel::verbs::shm`).
+    pub fn shm_slot(&self) -> Option<u32> {
+        self.shm.as_ref().map(|q| q.slot())
     }
     /// Connects to QP `peer` of this node (both go to RTS).
     pub fn connect(&self, peer: Qpn, access: Access) -> Result<()> {
@@ -343,8 +385,14 @@ impl QueuePair {
             r => Err(unexpected(r)),
         }
     }
-    /// Posts send work requests.
+    /// Posts send work requests. To a QP of this node they are executed here, now (or kept
+    /// queued here while they must wait: retried by later posts and polls).
     pub fn post_send(&self, wrs: &[SendWr]) -> Result<()> {
+        if let Some(q) = &self.shm
+            && let Some(own) = q.local_peer()
+        {
+            return q.post_send(own, wrs);
+        }
         for chunk in wrs.chunks(MAX_WR_PER_CALL) {
             let wrs = chunk.iter().map(convert::send_wr_to_wire).collect();
             match self.inner.ctx.conn.call(&Request::PostSend { qp: self.inner.id, wrs })? {
@@ -356,6 +404,9 @@ impl QueuePair {
     }
     /// Posts receive work requests.
     pub fn post_recv(&self, wrs: &[RecvWr]) -> Result<()> {
+        if let Some(q) = &self.shm {
+            return q.post_recv(wrs);
+        }
         for chunk in wrs.chunks(MAX_WR_PER_CALL) {
             let wrs = chunk.iter().map(convert::recv_wr_to_wire).collect();
             match self.inner.ctx.conn.call(&Request::PostRecv { qp: self.inner.id, wrs })? {
@@ -427,6 +478,12 @@ impl Buffer {
             base += l;
         }
         Ok(out)
+    }
+
+    /// The pool pieces behind bytes `[off, off + len)`: (pool offset, bytes), in order (the
+    /// frames of a buffer do not move while it lives).
+    pub fn pool_pieces(&self, off: u64, len: u64) -> Result<Vec<(PoolOffset, u64)>> {
+        Ok(self.pieces(off, len)?.into_iter().map(|(p, n)| (PoolOffset::new(p), n)).collect())
     }
 
     /// Reads bytes straight from the pool (what DMA put there).

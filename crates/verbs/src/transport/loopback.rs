@@ -15,8 +15,9 @@ use crate::engine::{
 };
 use crate::mr_cache::MrCache;
 use crate::qp::QpInner;
+use crate::rq::TakenRecv;
 use crate::types::{Access, Opcode, QpState, WcStatus};
-use crate::wr::{RecvWr, SendWr};
+use crate::wr::SendWr;
 
 fn source(qp: &QpInner, wr: &SendWr) -> Result<Spans, WcStatus> {
     match &wr.inline_data {
@@ -219,7 +220,11 @@ fn transfer(
             if let Some(r) = &recv {
                 let imm = matches!(wr.opcode, Opcode::WriteWithImm | Opcode::SendWithImm)
                     .then_some((wr.imm, wr.opcode == Opcode::WriteWithImm));
-                complete_recv(t, r, WcStatus::Success, n as u32, imm);
+                if !complete_recv(t, r, WcStatus::Success, n as u32, imm) {
+                    // The responder flushed its queue meanwhile (it went to ERR): as an RC
+                    // responder in ERR, it acknowledged nothing.
+                    return Done(WcStatus::RetryExcErr, 0);
+                }
             }
             Done(WcStatus::Success, n as u32)
         }
@@ -251,7 +256,7 @@ fn transfer(
 
 /// Takes a receive at `t`, or says how to wait (RNR). `rnr_retry` 7 waits for ever (the
 /// poster is told when a receive arrives); fewer retries wait a millisecond each.
-fn take_recv(t: &Arc<QpInner>, rnr_retry: u8) -> Result<RecvWr, Outcome> {
+fn take_recv(t: &Arc<QpInner>, rnr_retry: u8) -> Result<TakenRecv, Outcome> {
     for attempt in 0..=u32::from(rnr_retry.min(6)) {
         if let Some(r) = t.take_recv(&mut t.core.lock()) {
             return Ok(r);

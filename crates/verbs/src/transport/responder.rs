@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, Fail, Span};
 use crate::mr::{DmaError, MrState};
 use crate::qp::QpInner;
+use crate::rq::TakenRecv;
 use crate::transport::tcp::{Link, RNR_POLL, pool_of, read_spans};
 use crate::transport::wire::{Header, Kind};
 use crate::types::{Access, Opcode, QpState, WcStatus};
-use crate::wr::RecvWr;
 
 /// Waits for a receive at `qp` for an incoming SEND / WRITE_WITH_IMM (rnr_retry 7: as long as
 /// the connection lives; fewer: 10 ms a retry). `Ok(Err(status))`: no receive, NAK with
@@ -25,7 +25,7 @@ fn wait_recv(
     link: &Link,
     qp: &Arc<QpInner>,
     rnr_retry: u8,
-) -> std::io::Result<Result<RecvWr, WcStatus>> {
+) -> std::io::Result<Result<TakenRecv, WcStatus>> {
     let deadline = if rnr_retry >= 7 {
         None
     } else {
