@@ -266,11 +266,7 @@ fn perf_rejects_bad_input() {
     perf_fails(&["write_bw", "--loopback", "-s", "4G"], 1, "max_msg_sz");
     perf_fails(&["write_bw", "--loopback", "-n", "0"], 1, "-n 0");
     perf_fails(&["write_bw", "--loopback", "--tx-depth", "0"], 1, "--tx-depth 0");
-    perf_fails(
-        &["write_lat", "--loopback", "--compare"],
-        1,
-        "--compare is for write_bw and read_bw",
-    );
+    perf_fails(&["reg_mr", "--compare"], 1, "--compare is for the perftest tests");
     perf_fails(&["write_bw", "--loopback", "--timeout", "0"], 2, "--timeout");
     perf_fails(&["write_bw", "127.0.0.1", "--loopback"], 2, "cannot be used with");
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::limits::PERF_PEAK_ITERS_MAX;
+use crate::perf::bench::{BwTimes, Samples};
 
 /// perftest's MB: 2^20 bytes.
 const MIB: f64 = 1_048_576.0;
@@ -27,6 +28,8 @@ const BW_HEADER: &str =
     " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]";
 const LAT_HEADER: &str = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]";
 const COMPARE_HEADER: &str = "   baseline[MB/sec]   ratio";
+const LAT_COMPARE_HEADER: &str = "   baseline[usec]   ratio";
+const LAT_DURATION_HEADER: &str = " #bytes        #iterations       t_avg[usec]    tps average";
 
 /// One message size of a bandwidth test.
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +70,28 @@ impl BwRow {
             msg_rate_mpps: n as f64 / secs / 1e6,
             baseline_mib_s: None,
             ratio: None,
+        }
+    }
+
+    /// From a run over `qps` QPs: per-message times, or a duration run's span (no peak:
+    /// perftest reports none in duration mode either). `iterations` is per QP, as perftest's.
+    pub(crate) fn from_times(bytes: u64, qps: u32, times: &BwTimes) -> BwRow {
+        let q = u64::from(qps.max(1));
+        match times {
+            BwTimes::Each(posted, completed) => {
+                let mut r = BwRow::new(bytes, posted, completed);
+                r.iterations /= q;
+                r
+            }
+            BwTimes::Span { msgs, first, last } => {
+                let secs = last.saturating_duration_since(*first).as_secs_f64().max(1e-9);
+                BwRow {
+                    iterations: msgs / q,
+                    bw_average_mib_s: bytes as f64 * *msgs as f64 / secs / MIB,
+                    msg_rate_mpps: *msgs as f64 / secs / 1e6,
+                    ..BwRow::empty(bytes)
+                }
+            }
         }
     }
 
@@ -134,6 +159,12 @@ pub(crate) struct LatRow {
     pub(crate) t_stdev_us: f64,
     pub(crate) t_p99_us: f64,
     pub(crate) t_p99_9_us: f64,
+    /// The cache-line ping-pong's typical one-way latency (`--compare`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline_us: Option<f64>,
+    /// `t_typical_us / baseline_us`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<f64>,
 }
 
 impl LatRow {
@@ -166,11 +197,20 @@ impl LatRow {
             t_stdev_us: var.sqrt(),
             t_p99_us: at(0.99),
             t_p99_9_us: at(0.999),
+            baseline_us: None,
+            ratio: None,
         }
     }
 
+    /// Adds the baseline and the ratio.
+    pub(crate) fn with_baseline(mut self, baseline_us: Option<f64>) -> LatRow {
+        self.baseline_us = baseline_us;
+        self.ratio = baseline_us.filter(|b| *b > 0.0).map(|b| self.t_typical_us / b);
+        self
+    }
+
     fn text(&self) -> String {
-        format!(
+        let mut s = format!(
             " {:<7} {}          {:<7.2}        {:<7.2}      {:<7.2}  \t       {:<7.2}     \t{:<7.2}\t\t{:<7.2} \t\t{:<7.2}",
             self.bytes,
             self.iterations,
@@ -181,6 +221,48 @@ impl LatRow {
             self.t_stdev_us,
             self.t_p99_us,
             self.t_p99_9_us
+        );
+        if let (Some(b), Some(r)) = (self.baseline_us, self.ratio) {
+            s.push_str(&format!("\t   {b:<14.3}   {r:.3}"));
+        }
+        s
+    }
+}
+
+/// The row of a latency run: perftest's, or its duration-mode row with -D; `baseline_us`
+/// with `--compare`.
+pub(crate) fn lat_row(bytes: u64, s: Samples, duration: bool, baseline_us: Option<f64>) -> Row {
+    if duration {
+        let n = s.us.len() as u64;
+        return Row::LatDur(LatDurRow::new(bytes, n, s.us.iter().sum(), s.secs));
+    }
+    Row::Lat(LatRow::new(bytes, s.us).with_baseline(baseline_us))
+}
+
+/// A latency test run with -D (perftest's duration-mode row).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LatDurRow {
+    pub(crate) bytes: u64,
+    pub(crate) iterations: u64,
+    pub(crate) t_avg_us: f64,
+    /// Round trips (ping-pongs) or operations a second.
+    pub(crate) tps_average: f64,
+}
+
+impl LatDurRow {
+    /// `iterations` samples that took `total_us` (µs, already halved for ping-pongs).
+    pub(crate) fn new(bytes: u64, iterations: u64, total_us: f64, secs: f64) -> LatDurRow {
+        LatDurRow {
+            bytes,
+            iterations,
+            t_avg_us: if iterations == 0 { 0.0 } else { total_us / iterations as f64 },
+            tps_average: iterations as f64 / secs.max(1e-9),
+        }
+    }
+    fn text(&self) -> String {
+        format!(
+            " {:<7}       {:<10}        {:<7.2}        {:<7.2}",
+            self.bytes, self.iterations, self.t_avg_us, self.tps_average
         )
     }
 }
@@ -193,6 +275,34 @@ pub(crate) enum Row {
     Bw(BwRow),
     /// Latency.
     Lat(LatRow),
+    /// Latency, duration mode.
+    LatDur(LatDurRow),
+    /// A cost of coherence (`coherence.rs`), with its own columns.
+    Cost(crate::perf::coherence::CostRow),
+}
+
+impl Row {
+    fn text(&self) -> String {
+        match self {
+            Row::Bw(r) => r.text(),
+            Row::Lat(r) => r.text(),
+            Row::LatDur(r) => r.text(),
+            Row::Cost(r) => r.text(),
+        }
+    }
+}
+
+/// Which columns a run prints.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// perftest's bandwidth columns.
+    Bw,
+    /// perftest's latency columns.
+    Lat,
+    /// perftest's duration-mode latency columns.
+    LatDuration,
+    /// A cost of coherence: the header line it gives.
+    Cost(&'static str),
 }
 
 /// The settings a run reports with its results.
@@ -206,10 +316,21 @@ pub(crate) struct RunInfo {
     pub(crate) server: Option<String>,
     pub(crate) device: String,
     pub(crate) connection_type: &'static str,
+    /// Queue pairs (-q).
+    pub(crate) qps: u32,
     pub(crate) tx_depth: u32,
     pub(crate) cq_moderation: u32,
     pub(crate) mtu: u32,
     pub(crate) coherence_checks: bool,
+    /// -D.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration_s: Option<f64>,
+    /// Atomic tests: FETCH_AND_ADD or CMP_AND_SWAP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) atomic_type: Option<&'static str>,
+    /// reg_mr, odp_fault: the MR kind (and frame size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mr_kind: Option<String>,
     /// What `--compare` measures against.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) baseline: Option<&'static str>,
@@ -222,6 +343,8 @@ struct Doc<'a> {
     #[serde(flatten)]
     info: &'a RunInfo,
     results: &'a [Row],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
 }
 
 /// Prints the header, then each row as soon as its size is measured (text), or everything
@@ -231,38 +354,62 @@ pub(crate) struct Reporter<'a> {
     json: bool,
     info: Option<RunInfo>,
     rows: Vec<Row>,
+    notes: Vec<String>,
 }
 
 impl<'a> Reporter<'a> {
     pub(crate) fn new(out: &'a mut dyn Write, json: bool) -> Reporter<'a> {
-        Reporter { out, json, info: None, rows: Vec::new() }
+        Reporter { out, json, info: None, rows: Vec::new(), notes: Vec::new() }
     }
 
     /// Starts a run: prints perftest's header block (text).
-    pub(crate) fn begin(&mut self, info: RunInfo, title: &str, bw: bool) -> io::Result<()> {
+    pub(crate) fn begin(&mut self, info: RunInfo, title: &str, layout: Layout) -> io::Result<()> {
         if !self.json {
             let o = &mut *self.out;
             writeln!(o, "{RESULT_LINE}")?;
             writeln!(o, "                    {title}")?;
             writeln!(o, " Device          : {}", info.device)?;
-            match &info.server {
-                Some(s) => writeln!(o, " Transport type  : TCP to {s}")?,
-                None => writeln!(o, " Transport type  : loopback (two QPs of one device)")?,
+            match (&info.server, info.transport) {
+                (Some(s), _) => writeln!(o, " Transport type  : TCP to {s}")?,
+                (None, "loopback") => {
+                    writeln!(o, " Transport type  : loopback (two QPs of one device)")?
+                }
+                (None, t) => writeln!(o, " Transport type  : {t}")?,
             }
-            writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
-            writeln!(o, " TX depth        : {}", info.tx_depth)?;
-            if bw {
-                writeln!(o, " CQ Moderation   : {}", info.cq_moderation)?;
+            if matches!(layout, Layout::Bw | Layout::Lat | Layout::LatDuration) {
+                writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
+                writeln!(o, " Number of qps   : {}", info.qps)?;
+                writeln!(o, " TX depth        : {}", info.tx_depth)?;
+                if layout == Layout::Bw {
+                    writeln!(o, " CQ Moderation   : {}", info.cq_moderation)?;
+                }
+                writeln!(o, " Mtu             : {}[B]", info.mtu)?;
             }
-            writeln!(o, " Mtu             : {}[B]", info.mtu)?;
             writeln!(o, " Coherence checks: {}", if info.coherence_checks { "ON" } else { "OFF" })?;
+            if let Some(d) = info.duration_s {
+                writeln!(o, " Duration        : {d} s")?;
+            }
+            if let Some(a) = info.atomic_type {
+                writeln!(o, " Atomic type     : {a}")?;
+            }
+            if let Some(k) = &info.mr_kind {
+                writeln!(o, " MR kind         : {k}")?;
+            }
             if let Some(b) = info.baseline {
                 writeln!(o, " Baseline        : {b}")?;
             }
             writeln!(o, "{RESULT_LINE}")?;
-            let header = if bw { BW_HEADER } else { LAT_HEADER };
-            let extra = if info.baseline.is_some() { COMPARE_HEADER } else { "" };
-            writeln!(o, "{header}{extra}")?;
+            let compare = info.baseline.is_some();
+            match layout {
+                Layout::Bw => {
+                    writeln!(o, "{BW_HEADER}{}", if compare { COMPARE_HEADER } else { "" })?
+                }
+                Layout::Lat => {
+                    writeln!(o, "{LAT_HEADER}{}", if compare { LAT_COMPARE_HEADER } else { "" })?
+                }
+                Layout::LatDuration => writeln!(o, "{LAT_DURATION_HEADER}")?,
+                Layout::Cost(h) => writeln!(o, "{h}")?,
+            }
             o.flush()?;
         }
         self.info = Some(info);
@@ -272,24 +419,31 @@ impl<'a> Reporter<'a> {
     /// One message size measured.
     pub(crate) fn row(&mut self, row: Row) -> io::Result<()> {
         if !self.json {
-            let line = match &row {
-                Row::Bw(r) => r.text(),
-                Row::Lat(r) => r.text(),
-            };
-            writeln!(self.out, "{line}")?;
+            writeln!(self.out, "{}", row.text())?;
             self.out.flush()?;
         }
         self.rows.push(row);
         Ok(())
     }
 
+    /// A remark printed after the results (how a baseline ran, what was skipped), once.
+    pub(crate) fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
     /// The end of the run.
     pub(crate) fn end(&mut self) -> io::Result<()> {
         if !self.json {
-            return writeln!(self.out, "{RESULT_LINE}");
+            writeln!(self.out, "{RESULT_LINE}")?;
+            for n in &self.notes {
+                writeln!(self.out, " note: {n}")?;
+            }
+            return Ok(());
         }
         let Some(info) = &self.info else { return Ok(()) };
-        let doc = Doc { info, results: &self.rows };
+        let doc = Doc { info, results: &self.rows, notes: &self.notes };
         serde_json::to_writer_pretty(&mut *self.out, &doc).map_err(io::Error::from)?;
         writeln!(self.out)
     }
