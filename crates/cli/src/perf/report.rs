@@ -39,6 +39,8 @@ pub(crate) struct BwRow {
     pub(crate) bw_peak_mib_s: f64,
     pub(crate) bw_average_mib_s: f64,
     pub(crate) msg_rate_mpps: f64,
+    /// Messages of every QP (`iterations` is per QP).
+    pub(crate) messages: u64,
     /// The baseline of `--compare` (memcpy or raw TCP), same bytes and iterations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) baseline_mib_s: Option<f64>,
@@ -68,6 +70,7 @@ impl BwRow {
             bw_peak_mib_s: peak,
             bw_average_mib_s: total / secs / MIB,
             msg_rate_mpps: n as f64 / secs / 1e6,
+            messages: n as u64,
             baseline_mib_s: None,
             ratio: None,
         }
@@ -87,6 +90,7 @@ impl BwRow {
                 let secs = last.saturating_duration_since(*first).as_secs_f64().max(1e-9);
                 BwRow {
                     iterations: msgs / q,
+                    messages: *msgs,
                     bw_average_mib_s: bytes as f64 * *msgs as f64 / secs / MIB,
                     msg_rate_mpps: *msgs as f64 / secs / 1e6,
                     ..BwRow::empty(bytes)
@@ -102,6 +106,7 @@ impl BwRow {
             bw_peak_mib_s: 0.0,
             bw_average_mib_s: 0.0,
             msg_rate_mpps: 0.0,
+            messages: 0,
             baseline_mib_s: None,
             ratio: None,
         }
@@ -493,6 +498,7 @@ mod tests {
             bw_peak_mib_s: 1.0,
             bw_average_mib_s: 2.0,
             msg_rate_mpps: 0.5,
+            messages: 5000,
             baseline_mib_s: None,
             ratio: None,
         };
