@@ -41,3 +41,46 @@ pub const PERF_CTL_SLOTS: u64 = 4;
 
 /// Pool memory beyond the buffers: the filesystem's metadata and the control buffers.
 pub const PERF_POOL_SLACK: u64 = 32 << 20;
+
+/// Longest `-D`: a benchmark of an hour is not a benchmark of a small machine any more.
+pub const PERF_DURATION_MAX_S: f64 = 3600.0;
+
+/// Most queue pairs of `-q`: each keeps `--tx-depth` requests and its own connection; 64 is
+/// beyond what two cores can keep busy (perftest's practical range).
+pub const PERF_QPS_MAX: u32 = 64;
+
+/// RECVs a SEND test's receiver keeps posted per QP (perftest's default rx-depth is 512): more
+/// than a sender's 128 in flight, so the sender never waits for a receive (RNR).
+pub const PERF_RX_DEPTH: u32 = 512;
+
+/// Round trips of the cache-line ping-pong before its samples count: the first ones pay for
+/// page faults and cold caches.
+pub const PERF_PINGPONG_WARMUP: u64 = 1000;
+
+/// Bytes of the cache-line ping-pong's shared memfd (the pool's smallest size; only one page
+/// is ever touched).
+pub const PERF_PINGPONG_POOL: u64 = pinwheel_mm::limits::POOL_SIZE_MIN;
+
+/// Largest total a reg_mr size registers when -n is not given (iterations = this / size,
+/// at least `PERF_REG_ITERS_MIN`, at most `PERF_REG_ITERS_MAX`): a few seconds a size.
+pub const PERF_REG_BYTES_PER_SIZE: u64 = 4 << 30;
+
+/// Fewest reg_mr iterations a size (a median of fewer is no median).
+pub const PERF_REG_ITERS_MIN: u64 = 3;
+
+/// Most reg_mr iterations a size (small sizes: enough for a stable median).
+pub const PERF_REG_ITERS_MAX: u64 = 1000;
+
+/// Most pages odp_fault touches: each costs a frame of real memory (4 GiB at this bound).
+pub const PERF_FAULT_PAGES_MAX: u64 = 1 << 20;
+
+/// Most layout changes of lease_break per scenario (each may wait the lease-break time).
+pub const PERF_LEASE_ROUNDS_MAX: u64 = 10_000;
+
+/// Pages of the file whose layout lease_break changes: 1 MiB, small enough that a defrag
+/// moves it in well under a millisecond, large enough to be a real move.
+pub const PERF_LEASE_FILE_PAGES: u64 = 256;
+
+/// Rounds coherence_cost alternates checks on and off (ABAB...): the drift of a busy machine
+/// falls on both sides.
+pub const PERF_COST_ROUNDS: u64 = 6;

@@ -266,11 +266,7 @@ fn perf_rejects_bad_input() {
     perf_fails(&["write_bw", "--loopback", "-s", "4G"], 1, "max_msg_sz");
     perf_fails(&["write_bw", "--loopback", "-n", "0"], 1, "-n 0");
     perf_fails(&["write_bw", "--loopback", "--tx-depth", "0"], 1, "--tx-depth 0");
-    perf_fails(
-        &["write_lat", "--loopback", "--compare"],
-        1,
-        "--compare is for write_bw and read_bw",
-    );
+    perf_fails(&["reg_mr", "--compare"], 1, "--compare is for the perftest tests");
     perf_fails(&["write_bw", "--loopback", "--timeout", "0"], 2, "--timeout");
     perf_fails(&["write_bw", "127.0.0.1", "--loopback"], 2, "cannot be used with");
 }
@@ -379,7 +375,7 @@ fn perf_socket_write_bw_and_write_lat_between_two_client_processes() {
     let v = perf_json(&[&["write_lat", "127.0.0.1", "-n", "300", "-s", "8"], &common[..]].concat());
     let r = &v["results"][0];
     assert_eq!((r["bytes"].as_u64(), r["iterations"].as_u64()), (Some(8), Some(300)));
-    for f in ["t_typical_us", "baseline_t_typical_us", "ratio"] {
+    for f in ["t_typical_us", "baseline_us", "ratio"] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
     }
     assert!(server.wait().success(), "the server failed");
@@ -401,4 +397,190 @@ fn perf_socket_refuses_no_coherence_and_a_missing_daemon() {
         1,
         running,
     );
+}
+
+// --- send and atomic tests, -D, -q, -t ---
+
+#[test]
+fn perf_loopback_send_and_atomic_tests() {
+    for (test, bytes) in [("send_bw", 65536.0), ("atomic_bw", 8.0)] {
+        let out = perf_ok(&[test, "--loopback", "-n", "300"]);
+        assert!(out.contains(BW_HEADER), "{out}");
+        let r = row_after(&out, " #bytes");
+        assert_eq!((r[0], r[1]), (bytes, 300.0), "{out}");
+        assert!(r[3] > 0.0 && r[4] > 0.0, "{out}");
+    }
+    for (test, bytes) in [("send_lat", 2.0), ("atomic_lat", 8.0)] {
+        let out = perf_ok(&[test, "--loopback", "-n", "300"]);
+        let r = row_after(&out, " #bytes");
+        assert_eq!((r[0], r[1]), (bytes, 300.0), "{out}");
+        assert!(r[2] > 0.0 && r[2] <= r[4] && r[4] <= r[3], "{out}");
+    }
+    let v = perf_json(&["atomic_lat", "--loopback", "-n", "50", "-A", "CMP_AND_SWAP"]);
+    assert_eq!(v["atomic_type"], "CMP_AND_SWAP");
+    let v = perf_json(&["send_lat", "--loopback", "-a", "-n", "3"]);
+    assert_eq!(v["results"].as_array().unwrap().len(), 23, "every size fits the RECVs");
+}
+
+#[test]
+fn perf_duration_mode_runs_for_the_duration() {
+    let t = Instant::now();
+    let v = perf_json(&["write_bw", "--loopback", "-D", "0.3", "-s", "4096"]);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(v["duration_s"], 0.3);
+    let r = &v["results"][0];
+    assert!(r["iterations"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(r["bw_peak_mib_s"], 0.0, "no peak in duration mode");
+    assert!(r["bw_average_mib_s"].as_f64().unwrap() > 0.0, "{v:#}");
+    for test in ["write_lat", "send_lat", "read_lat"] {
+        let out = perf_ok(&[test, "--loopback", "-D", "0.2"]);
+        let r = row_after(&out, " #bytes        #iterations       t_avg[usec]    tps average");
+        assert_eq!(r.len(), 4, "{out}");
+        assert!(r[1] > 0.0 && r[2] > 0.0 && r[3] > 0.0, "{out}");
+        // tps ≈ 1 / (round trip): t_avg is half a ping-pong for WRITE and SEND.
+        let rtt = if test == "read_lat" { r[2] } else { 2.0 * r[2] };
+        assert!(r[3] <= 1.5e6 / rtt, "{test}: {out}");
+    }
+}
+
+#[test]
+fn perf_several_qps_sum_their_messages() {
+    let v = perf_json(&["write_bw", "--loopback", "-q", "4", "-n", "200", "-t", "8", "-s", "4K"]);
+    assert_eq!((v["qps"].as_u64(), v["tx_depth"].as_u64()), (Some(4), Some(8)));
+    let r = &v["results"][0];
+    assert_eq!((r["iterations"].as_u64(), r["messages"].as_u64()), (Some(200), Some(800)));
+    let v = perf_json(&["send_bw", "--loopback", "-q", "3", "-n", "100", "-s", "1K"]);
+    assert_eq!(v["results"][0]["messages"], 300);
+}
+
+#[test]
+fn perf_latency_compare_runs_the_cache_line_ping_pong() {
+    let v = perf_json(&["write_lat", "--loopback", "-n", "500", "--compare"]);
+    let r = &v["results"][0];
+    let (t, b) = (r["t_typical_us"].as_f64().unwrap(), r["baseline_us"].as_f64().unwrap());
+    assert!(b > 0.0 && b < 1000.0, "{v:#}");
+    assert!((r["ratio"].as_f64().unwrap() - t / b).abs() < 1e-9, "{v:#}");
+    assert!(v["baseline"].as_str().unwrap().contains("ping-pong"), "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("ping-pong baseline"), "{notes}");
+}
+
+#[test]
+fn perf_tcp_send_and_atomic_tests_between_two_processes() {
+    for (test, extra) in [
+        ("send_bw", vec!["-q", "2", "-s", "64K"]),
+        ("send_lat", vec![]),
+        ("atomic_lat", vec![]),
+        ("atomic_bw", vec!["-A", "CMP_AND_SWAP"]),
+    ] {
+        let mut server = Server::start(test, &[]);
+        let port = server.port.to_string();
+        let mut args = vec![test, "127.0.0.1", "-p", &port, "-n", "200", "--timeout", "20"];
+        args.extend(extra.iter().copied());
+        let v = perf_json(&args);
+        let r = &v["results"][0];
+        assert_eq!(r["iterations"], 200, "{test}: {v:#}");
+        let key = if test.ends_with("_bw") { "bw_average_mib_s" } else { "t_typical_us" };
+        assert!(r[key].as_f64().is_some_and(|x| x > 0.0), "{test}: {v:#}");
+        assert!(server.wait().success(), "{test}: the server failed");
+        assert!(server.rest().contains(&format!("served {test} to")));
+    }
+}
+
+#[test]
+fn perf_tcp_duration_ping_pong_ends_with_stop() {
+    for test in ["write_lat", "send_lat"] {
+        let mut server = Server::start(test, &[]);
+        let port = server.port.to_string();
+        let out = perf_ok(&[test, "127.0.0.1", "-p", &port, "-D", "0.3", "--timeout", "20"]);
+        let r = row_after(&out, " #bytes        #iterations");
+        assert!(r[1] > 0.0, "{out}");
+        // The server must have seen the STOP: it exits by itself.
+        assert!(server.wait().success(), "{test}: the server did not end");
+    }
+}
+
+#[test]
+fn perf_rejects_bad_new_flags() {
+    perf_fails(&["atomic_bw", "--loopback", "-s", "16"], 1, "moves 8 bytes");
+    perf_fails(&["write_lat", "--loopback", "-q", "2"], 1, "several QPs are for the bandwidth");
+    perf_fails(&["write_bw", "--loopback", "-q", "0"], 1, "-q 0");
+    perf_fails(&["reg_mr", "-D", "1"], 1, "not a duration");
+    perf_fails(&["odp_fault", "--mr-kind", "pinned"], 1, "never faults");
+    perf_fails(&["reg_mr", "127.0.0.1"], 1, "no server");
+    perf_fails(&["write_bw", "--loopback", "-D", "0"], 2, "-D");
+    perf_fails(&["write_bw", "--loopback", "-D", "1", "-n", "5"], 2, "cannot be used with");
+}
+
+// --- costs of coherence ---
+
+#[test]
+fn perf_reg_mr_reports_registration_against_mlock() {
+    for extra in [vec![], vec!["--mr-kind", "odp"], vec!["--mr-kind", "file"], vec!["--huge"]] {
+        let mut args = vec!["reg_mr", "-s", "4M", "-n", "3"];
+        args.extend(extra.iter().copied());
+        let v = perf_json(&args);
+        let r = &v["results"][0];
+        assert_eq!((r["bytes"].as_u64(), r["iterations"].as_u64()), (Some(4 << 20), Some(3)));
+        for f in ["reg_us", "dereg_us", "mlock_touch_us", "mlock_first_touch_us", "ratio"] {
+            assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{extra:?} {f}: {v:#}");
+        }
+        let want = (r["reg_us"].as_f64().unwrap() + r["dereg_us"].as_f64().unwrap())
+            / r["mlock_touch_us"].as_f64().unwrap();
+        assert!((r["ratio"].as_f64().unwrap() - want).abs() < 1e-9, "{v:#}");
+    }
+}
+
+#[test]
+fn perf_odp_fault_faults_once_per_page_and_not_after_advise() {
+    for kind in ["odp", "file"] {
+        let v = perf_json(&["odp_fault", "-n", "64", "--mr-kind", kind]);
+        let rows = v["results"].as_array().unwrap();
+        let mode = |i: usize| rows[i]["mode"].as_str().unwrap().to_string();
+        assert_eq!(
+            (mode(0).as_str(), mode(2).as_str()),
+            ("first touch (fault)", "after advise_mr")
+        );
+        assert_eq!(rows[0]["faults"], 64, "{kind}: one fault per page: {v:#}");
+        assert_eq!(rows[1]["faults"], 0, "{kind}: a second pass hits: {v:#}");
+        assert_eq!(rows[2]["faults"], 0, "{kind}: advise_mr prefetched every page: {v:#}");
+        for r in rows {
+            assert_eq!(r["pages"], 64);
+            assert!(r["t_p50_us"].as_f64().unwrap() > 0.0, "{v:#}");
+        }
+    }
+}
+
+#[test]
+fn perf_lease_break_decohere_loses_no_write_and_unresponsive_is_revoked() {
+    let v = perf_json(&["lease_break", "-n", "2", "--lease-break-ms", "50"]);
+    let rows = v["results"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["scenario"] == name).unwrap().clone();
+    let (coop, deco, gone) =
+        (row("recall -> release"), row("decohere -> restore"), row("unresponsive -> revoke"));
+    assert_eq!(
+        (coop["policy"].as_str(), deco["policy"].as_str()),
+        (Some("lease-revoke"), Some("decohere"))
+    );
+    assert_eq!(coop["failed_wrs"], 0, "{v:#}");
+    assert_eq!(deco["failed_wrs"], 0, "a cooperative decohere holder: no failed WR: {v:#}");
+    assert_eq!(gone["failed_wrs"], 2, "one revoked WRITE a round: {v:#}");
+    assert!(gone["change_us_p50"].as_f64().unwrap() >= 50_000.0, "waits the lease-break time");
+    for r in [&coop, &deco] {
+        assert_eq!(r["rounds"], 2);
+        assert!(r["stall_us_max"].as_f64().unwrap() > 0.0, "{v:#}");
+        assert!(r["writes"].as_u64().unwrap() > 2 * 400, "writes before and after: {v:#}");
+    }
+}
+
+#[test]
+fn perf_coherence_cost_alternates_checks_on_and_off() {
+    let v = perf_json(&["coherence_cost", "-n", "300", "-s", "4K"]);
+    let r = &v["results"][0];
+    let on = r["runs_on_mib_s"].as_array().unwrap();
+    let off = r["runs_off_mib_s"].as_array().unwrap();
+    assert!(on.len() >= 2 && on.len() == off.len(), "{v:#}");
+    assert!(r["on_mib_s"].as_f64().unwrap() > 0.0 && r["off_mib_s"].as_f64().unwrap() > 0.0);
+    let want = 100.0 * (1.0 - r["on_mib_s"].as_f64().unwrap() / r["off_mib_s"].as_f64().unwrap());
+    assert!((r["overhead_pct"].as_f64().unwrap() - want).abs() < 1e-9, "{v:#}");
 }

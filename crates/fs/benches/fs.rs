@@ -4,8 +4,15 @@
 //!   orders of magnitude cheaper);
 //! - truncate of a 1 GiB file to 0;
 //! - write bandwidth through a DAX mapping vs memcpy of the same bytes.
+//!
+//! First, a criterion micro-benchmark of the extent lookup: `extent/{1,4096}_extents`, the
+//! translation of a random page of a 16 MiB file through `FileBacking::fault` (the path of a
+//! DAX fault and of a file MR's translation) when the file is one extent and when it is 4096.
+//! A filter argument (`-- extent/`) runs only the micro-benchmark.
 
 use std::time::{Duration, Instant};
+
+use criterion::{Criterion, black_box};
 
 use pinwheel_fs::{
     Caller, CreateOptions, FallocMode, Filesystem, MkfsOptions, MountOptions, PinPolicy,
@@ -19,7 +26,51 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Criterion micro-benchmark (see the header).
+fn micro(c: &mut Criterion) {
+    let mem = Memory::new(Pool::memfd("micro", 256 << 20).expect("pool"), RealClock::new());
+    let fs = Filesystem::mkfs(&mem, MkfsOptions::default(), MountOptions::default()).expect("mkfs");
+    let admin = Caller::admin();
+    let pages = 4096u64;
+    // One extent: one write. 4096 extents: two files written page by page in turn, so no two
+    // pages of one file are adjacent in the pool.
+    let one = fs.create("/one", CreateOptions::default()).expect("create");
+    fs.write(one, 0, &vec![1; (pages * 4096) as usize], &admin).expect("write");
+    let frag = fs.create("/frag", CreateOptions::default()).expect("create");
+    let other = fs.create("/other", CreateOptions::default()).expect("create");
+    for p in 0..pages {
+        fs.write(frag, p * 4096, &[2; 4096], &admin).expect("write");
+        fs.write(other, p * 4096, &[3; 4096], &admin).expect("write");
+    }
+    let mut g = c.benchmark_group("extent");
+    for (name, ino) in [("1_extents", one), ("4096_extents", frag)] {
+        let backing = fs.backing(ino).expect("backing");
+        let mut page = 0u64;
+        g.bench_function(name, |x| {
+            x.iter(|| {
+                page = (page + 2654435761) % pages;
+                let mut got = None;
+                backing
+                    .fault(page, false, &mut |pfn| {
+                        got = Some(pfn);
+                        Ok(())
+                    })
+                    .expect("fault");
+                black_box(got)
+            })
+        });
+    }
+    g.finish();
+    println!("extents of /frag: {}", fs.extents(frag).expect("extents").len());
+}
+
 fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    micro(&mut c);
+    c.final_summary();
+    if std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        return; // a filter: the micro-benchmark only
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 5 };
     let size = if quick { 64 << 20 } else { GIB };

@@ -9,6 +9,11 @@
 //! - fault-in cost per page (CPU write fault; `range_fault`).
 //!
 //! Ratios are what matter; absolute times vary with the machine.
+//!
+//! First, criterion micro-benchmarks of the hot paths: `pin/{1,512}_pages` (pin + unpin of a
+//! resident range) and `invalidate/{1,10000}_subscribers` (the notifier lookup of one
+//! `madvise(DONTNEED)` of a page). A filter argument (`cargo bench -p pinwheel-mm --bench pin
+//! -- pin/`) runs only the micro-benchmarks.
 
 #![allow(unsafe_code)]
 
@@ -16,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use criterion::{Criterion, black_box};
 use pinwheel_mm::*;
 
 const GIB: u64 = 1 << 30;
@@ -147,7 +153,54 @@ fn invalidation_cost(mem: &Arc<Memory>, subscribers: u64, iters: u64) -> Duratio
     d
 }
 
+/// Criterion micro-benchmarks (see the header).
+fn micro(c: &mut Criterion) {
+    let mem = Memory::new(Pool::memfd("micro", 256 << 20).expect("pool"), RealClock::new());
+    let a = AddressSpace::new(&mem);
+    let p = a.mmap(MmapRequest::anonymous(2 << 20).flags(MapFlags::POPULATE)).expect("mmap");
+    let mut g = c.benchmark_group("pin");
+    for pages in [1u64, 512] {
+        g.bench_function(format!("{pages}_pages"), |x| {
+            x.iter(|| {
+                let flags = PinFlags::WRITE | PinFlags::LONGTERM;
+                let pin = pin_user_pages(&a, p, pages * PAGE_SIZE, flags, None).expect("pin");
+                drop(black_box(pin));
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("invalidate");
+    for subscribers in [1u64, 10_000] {
+        let a = AddressSpace::new(&mem);
+        let q = a.mmap_anonymous(subscribers * PAGE_SIZE).expect("mmap");
+        let ops = Arc::new(Noop { calls: AtomicU64::new(0) });
+        let weak: Weak<dyn IntervalNotifier> =
+            Arc::downgrade(&(ops.clone() as Arc<dyn IntervalNotifier>));
+        let _subs: Vec<_> = (0..subscribers)
+            .map(|i| {
+                a.subscribe(VirtAddr::new(q.raw() + i * PAGE_SIZE), PAGE_SIZE, weak.clone())
+                    .expect("subscribe")
+            })
+            .collect();
+        let mut i = 0u64;
+        g.bench_function(format!("{subscribers}_subscribers"), |x| {
+            x.iter(|| {
+                i = (i + 1) % subscribers;
+                a.madvise_dontneed(VirtAddr::new(q.raw() + i * PAGE_SIZE), PAGE_SIZE)
+                    .expect("madvise")
+            })
+        });
+    }
+    g.finish();
+}
+
 fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    micro(&mut c);
+    c.final_summary();
+    if std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        return; // a filter: the micro-benchmarks only
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 5 };
     let mem = Memory::new(Pool::memfd("bench", 4 * GIB).expect("pool"), RealClock::new());

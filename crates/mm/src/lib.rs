@@ -29,7 +29,8 @@
 //! per frame < 2^21, 2^20 notifiers per address space).
 //!
 //! **unsafe**: only in `sys.rs` (the shared mapping, raw copies, atomics in the pool, zeroed
-//! sparse arrays); every block carries a `SAFETY:` comment.
+//! sparse arrays, [`HostMemory`] for the benchmarks' `mlock` baseline); every block carries a
+//! `SAFETY:` comment.
 
 mod alloc;
 mod aspace;
@@ -64,6 +65,7 @@ pub use pagetable::VPN_LIMIT;
 pub use pin::{Pin, PinFlags, PinId, PinInfo, pin_user_pages};
 pub use pool::{Pool, PoolBacking};
 pub use rmap::{FileMapping, ZapReport};
+pub use sys::HostMemory;
 pub use types::{
     AspaceId, FRAMES_PER_HUGE, FileId, FileOffset, FrameRun, HUGE_ORDER, HUGE_PAGE_SIZE,
     PAGE_SHIFT, PAGE_SIZE, Pfn, PoolOffset, VirtAddr, VirtRange, is_page_aligned, page_align_up,

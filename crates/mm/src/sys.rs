@@ -249,6 +249,75 @@ pub(crate) fn zeroed_atomic_u64(n: usize) -> Box<[AtomicU64]> {
     unsafe { Box::from_raw(raw as *mut [AtomicU64]) }
 }
 
+/// Private anonymous memory of the host process (not the pool), unmapped on drop: the
+/// baseline benchmarks measure pinning and registration against (`mlock` + touch of the same
+/// size of real memory, what a kernel charges to make memory resident and locked).
+#[derive(Debug)]
+pub struct HostMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl HostMemory {
+    /// `len` bytes (rounded up to 4 KiB), mapped but not yet touched.
+    pub fn new(len: usize) -> Result<HostMemory, Errno> {
+        let len = len.max(1).next_multiple_of(crate::types::PAGE_SIZE as usize);
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; nothing
+        // else refers to it.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .map_err(Errno::from)?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(Errno::ENOMEM)?;
+        Ok(HostMemory { ptr, len })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never: at least one page is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes one byte of every page (faulting in the pages not yet resident).
+    pub fn touch(&self) {
+        for off in (0..self.len).step_by(crate::types::PAGE_SIZE as usize) {
+            // SAFETY: `off < len`: inside our private mapping, which no reference points into.
+            unsafe { self.ptr.as_ptr().add(off).write_volatile(1) };
+        }
+    }
+
+    /// `mlock` (which faults every page in), a touch of every page, then `munlock`; returns
+    /// the time of the first two. On fresh memory it pays the page faults and zeroing; later
+    /// calls find the memory resident. `EPERM`/`ENOMEM`: no `CAP_IPC_LOCK` and a small
+    /// `RLIMIT_MEMLOCK`.
+    pub fn mlock_touch(&self) -> Result<std::time::Duration, Errno> {
+        let t = std::time::Instant::now();
+        // SAFETY: exactly our mapping.
+        unsafe { rustix::mm::mlock(self.ptr.as_ptr().cast(), self.len) }.map_err(Errno::from)?;
+        self.touch();
+        let took = t.elapsed();
+        // SAFETY: as above.
+        unsafe { rustix::mm::munlock(self.ptr.as_ptr().cast(), self.len) }.map_err(Errno::from)?;
+        Ok(took)
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range mapped in `new`, unmapped once.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// Reads an fd's size.
 pub(crate) fn fd_size(fd: impl AsFd) -> Result<u64, Errno> {
     rustix::fs::fstat(fd).map(|s| s.st_size as u64).map_err(Errno::from)
@@ -293,6 +362,17 @@ mod tests {
         let mut b = [0u8; 3];
         m.copy_out(4095, &mut b).unwrap();
         assert_eq!(b, [0xab, 0, 0]);
+    }
+
+    #[test]
+    fn sys_host_memory_mlock_touch() {
+        let m = HostMemory::new(3 * 4096 + 1).unwrap();
+        assert_eq!(m.len(), 4 * 4096);
+        // mlock may be refused by a small RLIMIT_MEMLOCK; the touch alone must work.
+        m.touch();
+        if let Ok(d) = m.mlock_touch() {
+            assert!(d > std::time::Duration::ZERO);
+        }
     }
 
     #[test]

@@ -90,12 +90,21 @@ impl Host {
     /// A fresh node named `name` over a memfd pool of `pool_bytes` (sparse: only what the
     /// buffers touch costs memory).
     pub(crate) fn new(name: &str, pool_bytes: u64) -> Result<Host, CliError> {
-        let node = Node::new(NodeConfig {
+        Host::with_config(NodeConfig {
             name: name.into(),
             pool: PoolSpec::Memfd { size: pool_bytes.next_multiple_of(PAGE_SIZE) },
             ..NodeConfig::default()
         })
-        .map_err(|e| CliError::node("perf", format!("memfd pool of {pool_bytes} bytes"), e))?;
+    }
+
+    /// A fresh node of `cfg` (a pin policy, a lease-break time).
+    pub(crate) fn with_config(cfg: NodeConfig) -> Result<Host, CliError> {
+        let pool_bytes = match &cfg.pool {
+            PoolSpec::Memfd { size } => *size,
+            PoolSpec::File { size, .. } => size.unwrap_or(0),
+        };
+        let node = Node::new(cfg)
+            .map_err(|e| CliError::node("perf", format!("memfd pool of {pool_bytes} bytes"), e))?;
         let ctx = node.device.open_context(OwnerId(1), "perf");
         let pd = ctx.alloc_pd();
         let aspace = AddressSpace::new(&node.memory);

@@ -17,6 +17,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::limits::PERF_PEAK_ITERS_MAX;
+use crate::perf::bench::{BwTimes, Samples};
 
 /// perftest's MB: 2^20 bytes.
 const MIB: f64 = 1_048_576.0;
@@ -27,7 +28,8 @@ const BW_HEADER: &str =
     " #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]";
 const LAT_HEADER: &str = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]";
 const COMPARE_HEADER: &str = "   baseline[MB/sec]   ratio";
-const LAT_COMPARE_HEADER: &str = "   baseline t_typical[usec]   ratio";
+const LAT_COMPARE_HEADER: &str = "   baseline[usec]   ratio";
+const LAT_DURATION_HEADER: &str = " #bytes        #iterations       t_avg[usec]    tps average";
 
 /// One message size of a bandwidth test.
 #[derive(Clone, Debug, Serialize)]
@@ -37,6 +39,8 @@ pub(crate) struct BwRow {
     pub(crate) bw_peak_mib_s: f64,
     pub(crate) bw_average_mib_s: f64,
     pub(crate) msg_rate_mpps: f64,
+    /// Messages of every QP (`iterations` is per QP).
+    pub(crate) messages: u64,
     /// The baseline of `--compare` (memcpy or raw TCP), same bytes and iterations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) baseline_mib_s: Option<f64>,
@@ -66,8 +70,32 @@ impl BwRow {
             bw_peak_mib_s: peak,
             bw_average_mib_s: total / secs / MIB,
             msg_rate_mpps: n as f64 / secs / 1e6,
+            messages: n as u64,
             baseline_mib_s: None,
             ratio: None,
+        }
+    }
+
+    /// From a run over `qps` QPs: per-message times, or a duration run's span (no peak:
+    /// perftest reports none in duration mode either). `iterations` is per QP, as perftest's.
+    pub(crate) fn from_times(bytes: u64, qps: u32, times: &BwTimes) -> BwRow {
+        let q = u64::from(qps.max(1));
+        match times {
+            BwTimes::Each(posted, completed) => {
+                let mut r = BwRow::new(bytes, posted, completed);
+                r.iterations /= q;
+                r
+            }
+            BwTimes::Span { msgs, first, last } => {
+                let secs = last.saturating_duration_since(*first).as_secs_f64().max(1e-9);
+                BwRow {
+                    iterations: msgs / q,
+                    messages: *msgs,
+                    bw_average_mib_s: bytes as f64 * *msgs as f64 / secs / MIB,
+                    msg_rate_mpps: *msgs as f64 / secs / 1e6,
+                    ..BwRow::empty(bytes)
+                }
+            }
         }
     }
 
@@ -78,6 +106,7 @@ impl BwRow {
             bw_peak_mib_s: 0.0,
             bw_average_mib_s: 0.0,
             msg_rate_mpps: 0.0,
+            messages: 0,
             baseline_mib_s: None,
             ratio: None,
         }
@@ -135,11 +164,10 @@ pub(crate) struct LatRow {
     pub(crate) t_stdev_us: f64,
     pub(crate) t_p99_us: f64,
     pub(crate) t_p99_9_us: f64,
-    /// The baseline of `--compare` (a two-process cache-line ping-pong): its typical half
-    /// round trip.
+    /// The cache-line ping-pong's typical one-way latency (`--compare`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) baseline_t_typical_us: Option<f64>,
-    /// `t_typical_us / baseline_t_typical_us`.
+    pub(crate) baseline_us: Option<f64>,
+    /// `t_typical_us / baseline_us`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio: Option<f64>,
 }
@@ -174,14 +202,14 @@ impl LatRow {
             t_stdev_us: var.sqrt(),
             t_p99_us: at(0.99),
             t_p99_9_us: at(0.999),
-            baseline_t_typical_us: None,
+            baseline_us: None,
             ratio: None,
         }
     }
 
-    /// Adds the baseline's typical latency and the ratio.
+    /// Adds the baseline and the ratio.
     pub(crate) fn with_baseline(mut self, baseline_us: Option<f64>) -> LatRow {
-        self.baseline_t_typical_us = baseline_us;
+        self.baseline_us = baseline_us;
         self.ratio = baseline_us.filter(|b| *b > 0.0).map(|b| self.t_typical_us / b);
         self
     }
@@ -199,10 +227,48 @@ impl LatRow {
             self.t_p99_us,
             self.t_p99_9_us
         );
-        if let (Some(b), Some(r)) = (self.baseline_t_typical_us, self.ratio) {
-            s.push_str(&format!("\t   {b:<24.2}   {r:.3}"));
+        if let (Some(b), Some(r)) = (self.baseline_us, self.ratio) {
+            s.push_str(&format!("\t   {b:<14.3}   {r:.3}"));
         }
         s
+    }
+}
+
+/// The row of a latency run: perftest's, or its duration-mode row with -D; `baseline_us`
+/// with `--compare`.
+pub(crate) fn lat_row(bytes: u64, s: Samples, duration: bool, baseline_us: Option<f64>) -> Row {
+    if duration {
+        let n = s.us.len() as u64;
+        return Row::LatDur(LatDurRow::new(bytes, n, s.us.iter().sum(), s.secs));
+    }
+    Row::Lat(LatRow::new(bytes, s.us).with_baseline(baseline_us))
+}
+
+/// A latency test run with -D (perftest's duration-mode row).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LatDurRow {
+    pub(crate) bytes: u64,
+    pub(crate) iterations: u64,
+    pub(crate) t_avg_us: f64,
+    /// Round trips (ping-pongs) or operations a second.
+    pub(crate) tps_average: f64,
+}
+
+impl LatDurRow {
+    /// `iterations` samples that took `total_us` (µs, already halved for ping-pongs).
+    pub(crate) fn new(bytes: u64, iterations: u64, total_us: f64, secs: f64) -> LatDurRow {
+        LatDurRow {
+            bytes,
+            iterations,
+            t_avg_us: if iterations == 0 { 0.0 } else { total_us / iterations as f64 },
+            tps_average: iterations as f64 / secs.max(1e-9),
+        }
+    }
+    fn text(&self) -> String {
+        format!(
+            " {:<7}       {:<10}        {:<7.2}        {:<7.2}",
+            self.bytes, self.iterations, self.t_avg_us, self.tps_average
+        )
     }
 }
 
@@ -214,23 +280,62 @@ pub(crate) enum Row {
     Bw(BwRow),
     /// Latency.
     Lat(LatRow),
+    /// Latency, duration mode.
+    LatDur(LatDurRow),
+    /// A cost of coherence (`coherence.rs`), with its own columns.
+    Cost(crate::perf::coherence::CostRow),
+}
+
+impl Row {
+    fn text(&self) -> String {
+        match self {
+            Row::Bw(r) => r.text(),
+            Row::Lat(r) => r.text(),
+            Row::LatDur(r) => r.text(),
+            Row::Cost(r) => r.text(),
+        }
+    }
+}
+
+/// Which columns a run prints.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// perftest's bandwidth columns.
+    Bw,
+    /// perftest's latency columns.
+    Lat,
+    /// perftest's duration-mode latency columns.
+    LatDuration,
+    /// A cost of coherence: the header line it gives.
+    Cost(&'static str),
 }
 
 /// The settings a run reports with its results.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct RunInfo {
     pub(crate) test: &'static str,
-    /// `loopback`, `tcp` or `shm`.
+    /// `loopback` or `tcp`.
     pub(crate) transport: &'static str,
-    /// The server (TCP client only; with `shm`, the node daemon's socket).
+    /// The server (TCP client only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<String>,
     pub(crate) device: String,
     pub(crate) connection_type: &'static str,
+    /// Queue pairs (-q).
+    pub(crate) qps: u32,
     pub(crate) tx_depth: u32,
     pub(crate) cq_moderation: u32,
     pub(crate) mtu: u32,
     pub(crate) coherence_checks: bool,
+    /// -D.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration_s: Option<f64>,
+    /// Atomic tests: FETCH_AND_ADD or CMP_AND_SWAP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) atomic_type: Option<&'static str>,
+    /// reg_mr, odp_fault: the MR kind (and frame size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mr_kind: Option<String>,
     /// What `--compare` measures against.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) baseline: Option<&'static str>,
@@ -243,6 +348,8 @@ struct Doc<'a> {
     #[serde(flatten)]
     info: &'a RunInfo,
     results: &'a [Row],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
 }
 
 /// Prints the header, then each row as soon as its size is measured (text), or everything
@@ -252,15 +359,16 @@ pub(crate) struct Reporter<'a> {
     json: bool,
     info: Option<RunInfo>,
     rows: Vec<Row>,
+    notes: Vec<String>,
 }
 
 impl<'a> Reporter<'a> {
     pub(crate) fn new(out: &'a mut dyn Write, json: bool) -> Reporter<'a> {
-        Reporter { out, json, info: None, rows: Vec::new() }
+        Reporter { out, json, info: None, rows: Vec::new(), notes: Vec::new() }
     }
 
     /// Starts a run: prints perftest's header block (text).
-    pub(crate) fn begin(&mut self, info: RunInfo, title: &str, bw: bool) -> io::Result<()> {
+    pub(crate) fn begin(&mut self, info: RunInfo, title: &str, layout: Layout) -> io::Result<()> {
         if !self.json {
             let o = &mut *self.out;
             writeln!(o, "{RESULT_LINE}")?;
@@ -272,26 +380,45 @@ impl<'a> Reporter<'a> {
                     " Transport type  : shared memory, two client processes of the node at {s}"
                 )?,
                 (Some(s), _) => writeln!(o, " Transport type  : TCP to {s}")?,
-                (None, _) => writeln!(o, " Transport type  : loopback (two QPs of one device)")?,
+                (None, "loopback") => {
+                    writeln!(o, " Transport type  : loopback (two QPs of one device)")?
+                }
+                (None, t) => writeln!(o, " Transport type  : {t}")?,
             }
-            writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
-            writeln!(o, " TX depth        : {}", info.tx_depth)?;
-            if bw {
-                writeln!(o, " CQ Moderation   : {}", info.cq_moderation)?;
+            if matches!(layout, Layout::Bw | Layout::Lat | Layout::LatDuration) {
+                writeln!(o, " Connection type : {}\t\tUsing SRQ      : OFF", info.connection_type)?;
+                writeln!(o, " Number of qps   : {}", info.qps)?;
+                writeln!(o, " TX depth        : {}", info.tx_depth)?;
+                if layout == Layout::Bw {
+                    writeln!(o, " CQ Moderation   : {}", info.cq_moderation)?;
+                }
+                writeln!(o, " Mtu             : {}[B]", info.mtu)?;
             }
-            writeln!(o, " Mtu             : {}[B]", info.mtu)?;
             writeln!(o, " Coherence checks: {}", if info.coherence_checks { "ON" } else { "OFF" })?;
+            if let Some(d) = info.duration_s {
+                writeln!(o, " Duration        : {d} s")?;
+            }
+            if let Some(a) = info.atomic_type {
+                writeln!(o, " Atomic type     : {a}")?;
+            }
+            if let Some(k) = &info.mr_kind {
+                writeln!(o, " MR kind         : {k}")?;
+            }
             if let Some(b) = info.baseline {
                 writeln!(o, " Baseline        : {b}")?;
             }
             writeln!(o, "{RESULT_LINE}")?;
-            let header = if bw { BW_HEADER } else { LAT_HEADER };
-            let extra = match (info.baseline.is_some(), bw) {
-                (false, _) => "",
-                (true, true) => COMPARE_HEADER,
-                (true, false) => LAT_COMPARE_HEADER,
-            };
-            writeln!(o, "{header}{extra}")?;
+            let compare = info.baseline.is_some();
+            match layout {
+                Layout::Bw => {
+                    writeln!(o, "{BW_HEADER}{}", if compare { COMPARE_HEADER } else { "" })?
+                }
+                Layout::Lat => {
+                    writeln!(o, "{LAT_HEADER}{}", if compare { LAT_COMPARE_HEADER } else { "" })?
+                }
+                Layout::LatDuration => writeln!(o, "{LAT_DURATION_HEADER}")?,
+                Layout::Cost(h) => writeln!(o, "{h}")?,
+            }
             o.flush()?;
         }
         self.info = Some(info);
@@ -301,24 +428,31 @@ impl<'a> Reporter<'a> {
     /// One message size measured.
     pub(crate) fn row(&mut self, row: Row) -> io::Result<()> {
         if !self.json {
-            let line = match &row {
-                Row::Bw(r) => r.text(),
-                Row::Lat(r) => r.text(),
-            };
-            writeln!(self.out, "{line}")?;
+            writeln!(self.out, "{}", row.text())?;
             self.out.flush()?;
         }
         self.rows.push(row);
         Ok(())
     }
 
+    /// A remark printed after the results (how a baseline ran, what was skipped), once.
+    pub(crate) fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
     /// The end of the run.
     pub(crate) fn end(&mut self) -> io::Result<()> {
         if !self.json {
-            return writeln!(self.out, "{RESULT_LINE}");
+            writeln!(self.out, "{RESULT_LINE}")?;
+            for n in &self.notes {
+                writeln!(self.out, " note: {n}")?;
+            }
+            return Ok(());
         }
         let Some(info) = &self.info else { return Ok(()) };
-        let doc = Doc { info, results: &self.rows };
+        let doc = Doc { info, results: &self.rows, notes: &self.notes };
         serde_json::to_writer_pretty(&mut *self.out, &doc).map_err(io::Error::from)?;
         writeln!(self.out)
     }
@@ -368,6 +502,7 @@ mod tests {
             bw_peak_mib_s: 1.0,
             bw_average_mib_s: 2.0,
             msg_rate_mpps: 0.5,
+            messages: 5000,
             baseline_mib_s: None,
             ratio: None,
         };

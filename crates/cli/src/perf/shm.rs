@@ -26,13 +26,12 @@ use pinwheel::{Access, Qpn, Rkey, SendWr, Sge};
 
 use crate::error::CliError;
 use crate::limits::PERF_ITERS_MAX;
-use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Watchdog, spin_until};
+use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Until, Watchdog, spin_until};
+use crate::perf::ctl::{CTL_LEN, Ctl, HELLO_LEN, Hello, peer_error, resolve, stdout_error};
 use crate::perf::host::{Flag, PoolRef, pool_error};
-use crate::perf::report::{BwRow, LatRow, Reporter, Row};
-use crate::perf::tcp::{
-    CTL_LEN, Ctl, HELLO_LEN, Hello, check_client, layout, peer_error, resolve, stdout_error,
-};
-use crate::perf::{Params, Test, bw_request};
+use crate::perf::report::{BwRow, LatRow, Layout, Reporter, Row};
+use crate::perf::tcp::{check_client, layout};
+use crate::perf::{Params, Test, request};
 
 fn client_error(what: &str, e: pinwheel::client::Error) -> CliError {
     CliError::Refused {
@@ -206,7 +205,8 @@ pub(crate) fn client(
     let s =
         TcpStream::connect_timeout(&addr, p.timeout).map_err(io("connect", &addr.to_string()))?;
     let mut ctl = Stream::new(s, p.timeout)?;
-    let hello = Hello { test: p.test, flags: 0, max_size: p.max_size(), baseline_port: 0, qpn: 0 };
+    let hello =
+        Hello { test: p.test, flags: 0, max_size: p.max_size(), baseline_port: 0, qps: 1, qpn: 0 };
     ctl.send(&hello.encode())?;
     let theirs = Hello::decode(&ctl.recv(HELLO_LEN)?).map_err(|e| peer_error(&ctl.peer, e))?;
     if theirs.test != p.test {
@@ -223,7 +223,8 @@ pub(crate) fn client(
     let shown = socket.display().to_string();
     let info = p.info(me.ctx.node().node.clone(), 4096, "shm", Some(shown), baseline);
     let mut rep = Reporter::new(out, p.json);
-    rep.begin(info, p.test.title(), p.test.is_bw()).map_err(stdout_error)?;
+    rep.begin(info, p.test.title(), if p.test.is_bw() { Layout::Bw } else { Layout::Lat })
+        .map_err(stdout_error)?;
     for &size in &p.sizes {
         rep.row(round(p, &me, &mut ctl, size, half)?).map_err(stdout_error)?;
     }
@@ -269,27 +270,32 @@ fn round(p: &Params, me: &Side, ctl: &mut Stream, size: u64, half: u64) -> Resul
     let rkey = Rkey(rkey);
     let mut dog = Watchdog::new(p.timeout);
     let mut progress = Progress::new(format!("{name} {size} B"));
+    let until = Until::new(p.iters, None);
     let row = match p.test {
         Test::WriteBw | Test::ReadBw => {
-            let wr = bw_request(p.test, me.sge(0, size), raddr, rkey);
-            let plan = BwPlan { iters: p.iters, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
-            let (posted, done) =
-                bench::bw(name, &me.qp, &me.cq, wr, plan, &mut dog, &mut progress)?;
-            Row::Bw(BwRow::new(size, &posted, &done))
+            let wr = request(p, me.sge(0, size), raddr, rkey);
+            let plan = BwPlan { until, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
+            let mut pump = || Ok(());
+            let qps = [&me.qp];
+            let times =
+                bench::bw(name, &qps, &me.cq, wr, plan, &mut pump, &mut dog, &mut progress)?;
+            Row::Bw(BwRow::from_times(size, 1, &times))
         }
         Test::ReadLat => {
             let wr = SendWr::read(0, me.sge(0, size), raddr, rkey);
-            Row::Lat(LatRow::new(
-                size,
-                bench::read_lat(name, &me.qp, &me.cq, wr, p.iters, &mut dog, &mut progress)?,
-            ))
+            let s = bench::one_at_a_time(name, &me.qp, &me.cq, wr, until, &mut dog, &mut progress)?;
+            Row::Lat(LatRow::new(size, s.us))
         }
         Test::WriteLat => {
             let (post, poll) = (me.flag(last)?, me.flag(half + last)?);
-            let plan = LatPlan { iters: p.iters, post: &post, poll: &poll, client: true };
+            let plan = LatPlan { until, post: &post, poll: &poll, client: true };
             let wr = SendWr::write(0, me.sge(0, size), raddr, rkey);
             let s = bench::pingpong(name, &me.qp, &me.cq, wr, &plan, &mut dog, &mut progress)?;
-            Row::Lat(LatRow::new(size, s))
+            Row::Lat(LatRow::new(size, s.us))
+        }
+        t => {
+            let detail = format!("{} is not measured with --socket", t.name());
+            return Err(CliError::invalid("perf", "--socket", detail));
         }
     };
     let mean = match before {
@@ -299,6 +305,7 @@ fn round(p: &Params, me: &Side, ctl: &mut Stream, size: u64, half: u64) -> Resul
     Ok(match row {
         Row::Bw(r) => Row::Bw(r.with_baseline(mean)),
         Row::Lat(r) => Row::Lat(r.with_baseline(mean)),
+        other => other,
     })
 }
 
@@ -355,7 +362,8 @@ pub(crate) fn server(
     let (half, buf_len) = layout(p.test, theirs.max_size);
     // One more page: the word of the cache-line ping-pong baseline.
     let me = Side::open(socket, buf_len + PAGE_SIZE, 16, false)?;
-    let mine = Hello { test: p.test, flags: 0, max_size: 0, baseline_port: 0, qpn: me.qp.qpn().0 };
+    let mine =
+        Hello { test: p.test, flags: 0, max_size: 0, baseline_port: 0, qps: 0, qpn: me.qp.qpn().0 };
     ctl.send(&mine.encode())?;
     let mut rounds = 0u64;
     loop {
@@ -409,7 +417,7 @@ fn serve_round(
         return Ok(());
     }
     let post = me.flag(last)?;
-    let plan = LatPlan { iters, post: &post, poll: &poll, client: false };
+    let plan = LatPlan { until: Until::new(iters, None), post: &post, poll: &poll, client: false };
     let wr = SendWr::write(0, me.sge(0, size), addr, rkey);
     let mut dog = Watchdog::new(p.timeout);
     let mut progress = Progress::new(String::new());
