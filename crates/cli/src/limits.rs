@@ -17,8 +17,9 @@ pub const PERF_SIZE_MAX: u64 = 1 << 30;
 /// most 320 MB of them.
 pub const PERF_ITERS_MAX: u64 = 10_000_000;
 
-/// Most iterations for which the peak bandwidth is computed: it is perftest's O(n²) search
-/// over windows of consecutive messages (2·10⁸ steps at this bound, well under a second).
+/// Most window ends of the peak bandwidth search: it is perftest's O(n²) search over windows
+/// of consecutive messages (2·10⁸ steps at this bound, well under a second); longer runs
+/// search windows that start and end every k-th message.
 pub const PERF_PEAK_ITERS_MAX: u64 = 20_000;
 
 /// Completions of a bandwidth run are signaled every this many work requests (perftest's

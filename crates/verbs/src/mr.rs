@@ -386,14 +386,10 @@ impl MrInner {
         }
         let b = self.base + off;
         let checks = self.dev().coherence();
-        let deadline = Instant::now() + FAULT_RETRY_TIME;
+        // Read the clock only once a retry happens: a transfer that translates the first time
+        // (every pinned one) must not pay for it (it was 13 % of a loopback 64 KiB WRITE).
+        let mut deadline: Option<Instant> = None;
         loop {
-            if Instant::now() > deadline {
-                return Err(DmaError::Fault(format!(
-                    "translations kept being invalidated for {} ms",
-                    FAULT_RETRY_TIME.as_millis()
-                )));
-            }
             if let Backing::Odp { .. } | Backing::File { .. } = self.backing {
                 self.fault(b / PAGE_SIZE..(self.base + end).div_ceil(PAGE_SIZE), write)
                     .map_err(DmaError::Fault)?;
@@ -423,7 +419,16 @@ impl MrInner {
                 Err(()) if matches!(self.backing, Backing::Pinned { .. }) => {
                     return Err(DmaError::Bounds);
                 }
-                Err(()) => continue, // an invalidation raced with us: fault again
+                Err(()) => {
+                    // An invalidation raced with us: fault again, for a bounded time.
+                    let now = Instant::now();
+                    if now > *deadline.get_or_insert(now + FAULT_RETRY_TIME) {
+                        return Err(DmaError::Fault(format!(
+                            "translations kept being invalidated for {} ms",
+                            FAULT_RETRY_TIME.as_millis()
+                        )));
+                    }
+                }
             }
         }
     }

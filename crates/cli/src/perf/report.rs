@@ -58,12 +58,8 @@ impl BwRow {
         };
         let secs = last.saturating_duration_since(*first).as_secs_f64().max(1e-9);
         let total = bytes as f64 * n as f64;
-        let peak = if n as u64 <= PERF_PEAK_ITERS_MAX {
-            let best = peak_window(*first, &tposted[..n], &tcompleted[..n]);
-            bytes as f64 / best.max(1e-9) / MIB
-        } else {
-            0.0
-        };
+        let best = peak_window(*first, &tposted[..n], &tcompleted[..n]);
+        let peak = bytes as f64 / best.max(1e-9) / MIB;
         BwRow {
             bytes,
             iterations: n as u64,
@@ -135,15 +131,25 @@ impl BwRow {
     }
 }
 
-/// Seconds of the best window: min over i ≤ j of (tcompleted[j] − tposted[i]) / (j − i + 1).
+/// Seconds of the best window: min over i ≤ j of (tcompleted[j] − tposted[i]) / (j − i + 1),
+/// perftest's search. It is quadratic: above `PERF_PEAK_ITERS_MAX` messages the windows
+/// start and end every k-th message (k = n / that bound, rounded up) — still real windows of
+/// the run, so the peak is never more than what some stretch of it achieved.
 fn peak_window(origin: Instant, tposted: &[Instant], tcompleted: &[Instant]) -> f64 {
+    let n = tposted.len().min(tcompleted.len());
+    let step = n.div_ceil(PERF_PEAK_ITERS_MAX as usize).max(1);
+    // Every k-th message, and the last (the whole run is always one of the windows).
+    let mut at: Vec<usize> = (0..n).step_by(step).collect();
+    if n > 0 && at.last() != Some(&(n - 1)) {
+        at.push(n - 1);
+    }
     let secs = |t: &Instant| t.saturating_duration_since(origin).as_secs_f64();
-    let posted: Vec<f64> = tposted.iter().map(secs).collect();
-    let completed: Vec<f64> = tcompleted.iter().map(secs).collect();
+    let posted: Vec<(usize, f64)> = at.iter().map(|&i| (i, secs(&tposted[i]))).collect();
+    let completed: Vec<(usize, f64)> = at.iter().map(|&i| (i, secs(&tcompleted[i]))).collect();
     let mut best = f64::INFINITY;
-    for (i, p) in posted.iter().enumerate() {
-        for (k, c) in completed[i..].iter().enumerate() {
-            let t = (c - p) / (k + 1) as f64;
+    for (k, &(i, p)) in posted.iter().enumerate() {
+        for &(j, c) in &completed[k..] {
+            let t = (c - p) / (j - i + 1) as f64;
             if t < best {
                 best = t;
             }
@@ -479,6 +485,26 @@ mod tests {
         assert!((r.msg_rate_mpps - 0.0005).abs() < 1e-12, "{r:?}");
         let r = r.with_baseline(Some(1000.0));
         assert_eq!(r.ratio, Some(0.5));
+    }
+
+    #[test]
+    fn report_bw_peak_of_a_long_run_is_a_real_window() {
+        // 50 000 messages, one every µs, except a stretch of 10 000 at twice the rate.
+        let t0 = Instant::now();
+        let n = 50_000u64;
+        let mut at = 0u64;
+        let mut posted = Vec::new();
+        let mut completed = Vec::new();
+        for i in 0..n {
+            at += if (20_000..30_000).contains(&i) { 500 } else { 1000 };
+            posted.push(t0 + Duration::from_nanos(at));
+            completed.push(t0 + Duration::from_nanos(at + 1000));
+        }
+        let r = BwRow::new(1 << 20, &posted, &completed);
+        assert!(r.bw_peak_mib_s >= r.bw_average_mib_s, "{r:?}");
+        // The fast stretch: at most 1 MiB per 0.5 µs, and close to it.
+        let fast = 1.0 / 0.5e-6;
+        assert!(r.bw_peak_mib_s <= fast * 1.0001 && r.bw_peak_mib_s > fast * 0.9, "{r:?}");
     }
 
     #[test]
