@@ -92,13 +92,16 @@ enum Command {
     /// capabilities: general ones and per transport (RC: SEND, RECV, WRITE, READ, ATOMIC,
     /// SRQ_RECV; the other transports do not exist here).
     Devinfo(devinfo_cmd::DevinfoArgs),
-    /// Measure the software RDMA device as perftest does (ib_write_bw, ib_read_bw,
-    /// ib_write_lat, ib_read_lat).
+    /// Measure the software RDMA device as perftest does (ib_{write,read,send,atomic}_{bw,lat})
+    /// and the costs of coherence (reg_mr, odp_fault, lease_break, coherence_cost).
     ///
     /// Without SERVER_ADDR: the server. It listens on -p (default 18515), prints the port it
     /// waits on, serves one client and exits; it holds the MR the client writes and reads.
-    /// With SERVER_ADDR: the client, which drives the run and prints the results. --loopback
-    /// runs both sides in this process over two QPs of one device, without TCP.
+    /// With SERVER_ADDR: the client, which drives the run and prints the results. Transports:
+    /// TCP between the two processes (default); --loopback, both sides in this process over
+    /// two QPs of one device; --socket PATH, two client processes of a node daemon on the
+    /// shared-memory data path. --compare puts a baseline beside each row (memcpy, raw TCP or
+    /// a two-process cache-line ping-pong) and the ratio to it.
     Perf(perf::PerfArgs),
     /// Serve a node (pool, DAX filesystem, RDMA device) to client processes on a Unix socket
     /// and to remote nodes on TCP, until SIGTERM/SIGINT.
