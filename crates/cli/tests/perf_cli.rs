@@ -381,6 +381,36 @@ fn perf_socket_write_bw_and_write_lat_between_two_client_processes() {
     assert!(server.wait().success(), "the server failed");
 }
 
+/// The SEND and atomic tests and -D between two client processes: the server keeps RECVs
+/// posted (send_bw), both sides answer (send_lat), a duration run ends on the client's STOP.
+#[test]
+fn perf_socket_send_atomic_and_duration_runs() {
+    let d = Daemon::start();
+    for (test, extra) in [
+        ("send_bw", &["-n", "400"][..]),
+        ("send_lat", &["-n", "300", "--compare"][..]),
+        ("atomic_bw", &["-n", "400"][..]),
+        ("atomic_lat", &["-n", "300"][..]),
+        ("write_lat", &["-D", "0.3"][..]),
+        ("send_bw", &["-D", "0.3"][..]),
+    ] {
+        let mut server = Server::start(test, &["--socket", &d.sock]);
+        let port = server.port.to_string();
+        let common = ["-p", &port, "--socket", &d.sock, "--timeout", "20"];
+        let v = perf_json(&[&[test, "127.0.0.1"], extra, &common[..]].concat());
+        let r = &v["results"][0];
+        assert!(r["iterations"].as_u64().is_some_and(|n| n > 0), "{test} {extra:?}: {v:#}");
+        let figure = if test.ends_with("_bw") { "bw_average_mib_s" } else { "t_avg_us" };
+        assert!(r[figure].as_f64().is_some_and(|x| x > 0.0), "{test} {extra:?}: {v:#}");
+        if extra.contains(&"--compare") {
+            assert!(r["baseline_us"].as_f64().is_some_and(|x| x > 0.0), "{v:#}");
+        }
+        assert!(server.wait().success(), "the {test} server failed");
+    }
+    perf_fails(&["atomic_lat", "--socket", &d.sock, "--compare"], 1, "has no baseline");
+    perf_fails(&["write_bw", "--socket", &d.sock, "-q", "2"], 1, "one QP a side");
+}
+
 #[test]
 fn perf_socket_refuses_no_coherence_and_a_missing_daemon() {
     perf_fails(

@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pinwheel::{
-    CompletionQueue, QueuePair, RecvWr, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion,
-};
+use pinwheel::{RecvWr, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
 
 use crate::error::CliError;
 use crate::limits::{PERF_PROGRESS_MS, PERF_SPINS_BEFORE_YIELD};
-use crate::perf::host::{Buffer, Flag};
+use crate::perf::host::Flag;
 use pinwheel::mm::Errno;
 
 /// Fails a run after `limit` without progress, or once the other side of a run in this
@@ -135,14 +133,16 @@ pub(crate) fn blank_wc() -> WorkCompletion {
 }
 
 /// A QP the loops post to: one of an embedded device, or one of a client of a node daemon.
-pub(crate) trait PerfQp {
+pub(crate) trait PerfQp: Sync {
     fn post(&self, test: &str, wr: &SendWr) -> Result<(), CliError>;
     /// Its number (completions name it).
     fn qpn(&self) -> u32;
+    /// Posts receives.
+    fn post_recv(&self, wrs: &[RecvWr]) -> Result<(), CliError>;
 }
 
 /// A CQ the loops poll.
-pub(crate) trait PerfCq {
+pub(crate) trait PerfCq: Sync {
     /// Moves up to `out.len()` completions into `out`.
     fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, CliError>;
     /// Waits up to `d` for a completion.
@@ -156,6 +156,9 @@ impl PerfQp for pinwheel::QueuePair {
     fn qpn(&self) -> u32 {
         pinwheel::QueuePair::qpn(self).0
     }
+    fn post_recv(&self, wrs: &[RecvWr]) -> Result<(), CliError> {
+        pinwheel::QueuePair::post_recv(self, wrs).map_err(|e| CliError::verbs("perf", "RECVs", e))
+    }
 }
 
 impl PerfCq for pinwheel::CompletionQueue {
@@ -167,7 +170,7 @@ impl PerfCq for pinwheel::CompletionQueue {
     }
 }
 
-fn client_error(test: &str, e: pinwheel::client::Error) -> CliError {
+pub(crate) fn client_error(test: &str, e: pinwheel::client::Error) -> CliError {
     CliError::Refused {
         op: "perf",
         target: test.to_string(),
@@ -182,6 +185,9 @@ impl PerfQp for pinwheel::client::QueuePair {
     }
     fn qpn(&self) -> u32 {
         pinwheel::client::QueuePair::qpn(self).0
+    }
+    fn post_recv(&self, wrs: &[RecvWr]) -> Result<(), CliError> {
+        pinwheel::client::QueuePair::post_recv(self, wrs).map_err(|e| client_error("RECVs", e))
     }
 }
 
@@ -498,10 +504,9 @@ pub(crate) fn pingpong(
 
 /// RECVs of the QPs sharing one receive CQ, all into the same bytes (the data is not looked
 /// at: perftest's receiver does the same), each re-posted on its QP as it completes.
-#[derive(Debug)]
 pub(crate) struct Receiver<'a> {
-    qps: Vec<&'a QueuePair>,
-    cq: &'a CompletionQueue,
+    qps: Vec<&'a dyn PerfQp>,
+    cq: &'a dyn PerfCq,
     sge: Sge,
     wcs: Vec<WorkCompletion>,
     /// Messages received.
@@ -510,40 +515,47 @@ pub(crate) struct Receiver<'a> {
     pub(crate) stopped: bool,
 }
 
+impl std::fmt::Debug for Receiver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("qps", &self.qps.len())
+            .field("received", &self.received)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> Receiver<'a> {
-    /// Posts `depth` RECVs of `len` bytes at byte `off` of `buf` on each of `qps`, whose
-    /// receive completions go to `cq`.
-    pub(crate) fn new(
-        qps: Vec<&'a QueuePair>,
-        cq: &'a CompletionQueue,
-        buf: &Buffer,
-        off: u64,
-        len: u64,
+    /// Posts `depth` RECVs into `sge` on each of `qps`, whose receive completions go to `cq`.
+    pub(crate) fn new<Q: PerfQp>(
+        qps: Vec<&'a Q>,
+        cq: &'a dyn PerfCq,
+        sge: Sge,
         depth: u32,
     ) -> Result<Receiver<'a>, CliError> {
         let r = Receiver {
-            qps,
+            qps: qps.into_iter().map(|q| q as &dyn PerfQp).collect(),
             cq,
-            sge: buf.sge(off, len),
+            sge,
             wcs: vec![blank_wc(); 64],
             received: 0,
             stopped: false,
         };
         for qp in &r.qps {
-            r.post(qp, u64::from(depth))?;
+            r.post(*qp, u64::from(depth))?;
         }
         Ok(r)
     }
 
-    fn post(&self, qp: &QueuePair, n: u64) -> Result<(), CliError> {
+    fn post(&self, qp: &dyn PerfQp, n: u64) -> Result<(), CliError> {
         let wrs: Vec<RecvWr> =
             (0..n).map(|i| RecvWr { wr_id: i, sg_list: vec![self.sge] }).collect();
-        qp.post_recv(&wrs).map_err(|e| CliError::verbs("perf", "post RECVs", e))
+        qp.post_recv(&wrs)
     }
 
     /// Reaps the RECVs completed and posts as many again on their QPs; how many.
     pub(crate) fn pump(&mut self, test: &str) -> Result<u64, CliError> {
-        let got = self.cq.poll(&mut self.wcs);
+        let got = self.cq.poll(&mut self.wcs)?;
         for wc in &self.wcs[..got] {
             if wc.status != WcStatus::Success {
                 return Err(bad_completion(test, wc));
@@ -551,8 +563,8 @@ impl<'a> Receiver<'a> {
             if wc.imm == Some(STOP_IMM) {
                 self.stopped = true;
             }
-            if let Some(qp) = self.qps.iter().find(|q| q.qpn() == wc.qpn) {
-                self.post(qp, 1)?;
+            if let Some(qp) = self.qps.iter().find(|q| q.qpn() == wc.qpn.0) {
+                self.post(*qp, 1)?;
             }
         }
         self.received += got as u64;
@@ -573,8 +585,8 @@ impl<'a> Receiver<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn send_pingpong(
     test: &str,
-    qp: &QueuePair,
-    cq: &CompletionQueue,
+    qp: &dyn PerfQp,
+    cq: &dyn PerfCq,
     rx: &mut Receiver<'_>,
     wr: SendWr,
     until: Until,

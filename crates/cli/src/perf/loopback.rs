@@ -79,13 +79,13 @@ pub(crate) fn run(p: &Params, out: &mut dyn Write) -> Result<(), CliError> {
     match p.test {
         Test::SendBw => {
             let qps = server.qps.iter().collect();
-            rxs.push(Receiver::new(qps, server.rcq, server.buf, 0, max, PERF_RX_DEPTH)?);
+            rxs.push(Receiver::new(qps, server.rcq, server.buf.sge(0, max), PERF_RX_DEPTH)?);
         }
         Test::SendLat => {
             // Before either side sends: nobody waits for a RECV (RNR).
             let (c, s) = (vec![&client.qps[0]], vec![&server.qps[0]]);
-            rxs.push(Receiver::new(c, client.rcq, client.buf, half, max, 4)?);
-            rxs.push(Receiver::new(s, server.rcq, server.buf, half, max, 4)?);
+            rxs.push(Receiver::new(c, client.rcq, client.buf.sge(half, max), 4)?);
+            rxs.push(Receiver::new(s, server.rcq, server.buf.sge(half, max), 4)?);
         }
         _ => {}
     }

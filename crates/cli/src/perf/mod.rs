@@ -492,29 +492,31 @@ impl Params {
             ));
         }
         if a.socket.is_some() {
-            let shm_tests = [Test::WriteBw, Test::ReadBw, Test::WriteLat, Test::ReadLat];
-            if !shm_tests.contains(&test) {
+            if test.kind() == Kind::Local {
                 return Err(bad(
                     "--socket",
-                    format!(
-                        "{} is not measured between client processes yet: write_bw, read_bw, \
-                         write_lat and read_lat are (the others over --loopback or TCP)",
-                        test.name()
-                    ),
+                    format!("{} runs in one process (no server, no socket)", test.name()),
                 ));
             }
-            if a.qps > 1 || a.duration.is_some() {
+            if a.qps > 1 {
                 return Err(bad(
-                    if a.qps > 1 { "-q" } else { "-D" },
-                    "with --socket perf runs one QP for -n iterations".into(),
+                    &format!("-q {}", a.qps),
+                    "with --socket perf runs one QP a side (-q is for --loopback and TCP)".into(),
                 ));
             }
-            if a.compare && test == Test::ReadLat {
+            let baseline = matches!(
+                test,
+                Test::WriteBw | Test::ReadBw | Test::SendBw | Test::WriteLat | Test::SendLat
+            );
+            if a.compare && !baseline {
                 return Err(bad(
                     "--compare",
-                    "read_lat has no baseline with --socket (write_lat has the cache-line \
-                     ping-pong between the same two processes)"
-                        .into(),
+                    format!(
+                        "{} has no baseline with --socket (the bandwidth tests have memcpy, \
+                         write_lat and send_lat the cache-line ping-pong between the same two \
+                         processes)",
+                        test.name()
+                    ),
                 ));
             }
         }

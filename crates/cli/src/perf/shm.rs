@@ -25,22 +25,15 @@ use pinwheel::mm::{Errno, PAGE_SIZE, Pool, PoolOffset};
 use pinwheel::{Access, Qpn, Rkey, SendWr, Sge};
 
 use crate::error::CliError;
-use crate::limits::PERF_ITERS_MAX;
-use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Until, Watchdog, spin_until};
+use crate::limits::{PERF_ITERS_MAX, PERF_RX_DEPTH};
+use crate::perf::bench::{
+    self, BwPlan, LatPlan, Progress, Receiver, Until, Watchdog, client_error, spin_until,
+};
 use crate::perf::ctl::{CTL_LEN, Ctl, HELLO_LEN, Hello, peer_error, resolve, stdout_error};
 use crate::perf::host::{Flag, PoolRef, pool_error};
-use crate::perf::report::{BwRow, LatRow, Layout, Reporter, Row};
+use crate::perf::report::{BwRow, LatRow, Reporter, Row, lat_row};
 use crate::perf::tcp::{check_client, layout};
-use crate::perf::{Params, Test, request};
-
-fn client_error(what: &str, e: pinwheel::client::Error) -> CliError {
-    CliError::Refused {
-        op: "perf",
-        target: what.to_string(),
-        errno: e.errno(),
-        detail: e.message().to_string(),
-    }
-}
+use crate::perf::{Params, Test, loopback, request};
 
 fn io(what: &str, target: &str) -> impl FnOnce(std::io::Error) -> CliError {
     let (what, target) = (what.to_string(), target.to_string());
@@ -51,6 +44,8 @@ fn io(what: &str, target: &str) -> impl FnOnce(std::io::Error) -> CliError {
 struct Side {
     qp: QueuePair,
     cq: CompletionQueue,
+    /// Receive completions (SEND tests).
+    rcq: CompletionQueue,
     mr: MemoryRegion,
     buf: Buffer,
     /// The memcpy baseline's destination (bandwidth tests with `--compare`).
@@ -78,7 +73,13 @@ impl Side {
         Ok(ctx)
     }
 
-    fn open(socket: &Path, buf_len: u64, depth: u32, spare: bool) -> Result<Side, CliError> {
+    fn open(
+        socket: &Path,
+        test: Test,
+        buf_len: u64,
+        depth: u32,
+        spare: bool,
+    ) -> Result<Side, CliError> {
         let shown = socket.display().to_string();
         let e = |what: &'static str| {
             let shown = shown.clone();
@@ -89,10 +90,13 @@ impl Side {
         let buf = ctx.alloc(buf_len).map_err(e("alloc"))?;
         let spare = if spare { Some(ctx.alloc(buf_len).map_err(e("alloc"))?) } else { None };
         let mr = pd.reg_mr(buf.addr(), buf.len(), Access::all_rw()).map_err(e("reg_mr"))?;
+        let rx = if test.is_send() { PERF_RX_DEPTH } else { 16 };
         let cq = ctx.create_cq(depth + 64).map_err(e("create_cq"))?;
-        let init = QpInit { max_send_wr: depth, max_recv_wr: 16, max_sge: 1, max_inline_data: 0 };
-        let qp = pd.create_qp(&cq, &cq, init).map_err(e("create_qp"))?;
-        Ok(Side { qp, cq, mr, buf, spare, ctx })
+        // Receive completions apart: a SEND test's receiver polls them, the loops the sends'.
+        let rcq = ctx.create_cq(rx + 64).map_err(e("create_cq"))?;
+        let init = QpInit { max_send_wr: depth, max_recv_wr: rx, max_sge: 1, max_inline_data: 0 };
+        let qp = pd.create_qp(&cq, &rcq, init).map_err(e("create_qp"))?;
+        Ok(Side { qp, cq, rcq, mr, buf, spare, ctx })
     }
 
     fn sge(&self, off: u64, len: u64) -> Sge {
@@ -136,6 +140,20 @@ impl Stream {
     fn ctl(&mut self) -> Result<Ctl, CliError> {
         let b = self.recv(CTL_LEN as usize)?;
         Ctl::decode(&b).map_err(|e| peer_error(&self.peer, e))
+    }
+    /// The next control message if a whole one has arrived, without waiting.
+    fn try_ctl(&mut self) -> Result<Option<Ctl>, CliError> {
+        let mut b = [0u8; CTL_LEN as usize];
+        self.s.set_nonblocking(true).map_err(io("control connection options", &self.peer))?;
+        let r = self.s.peek(&mut b);
+        self.s.set_nonblocking(false).map_err(io("control connection options", &self.peer))?;
+        match r {
+            Ok(0) => Err(peer_error(&self.peer, "the client hung up".into())),
+            Ok(n) if n == b.len() => self.ctl().map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io("waiting for a control message", &self.peer)(e)),
+        }
     }
 }
 
@@ -200,7 +218,7 @@ pub(crate) fn client(
 ) -> Result<(), CliError> {
     // The node first: a missing daemon is named before the server is bothered.
     let (half, buf_len) = layout(p.test, p.max_size());
-    let me = Side::open(socket, buf_len, p.tx_depth.max(16), p.compare && p.test.is_bw())?;
+    let me = Side::open(socket, p.test, buf_len, p.tx_depth.max(16), p.compare && p.test.is_bw())?;
     let addr = resolve(server, port)?;
     let s =
         TcpStream::connect_timeout(&addr, p.timeout).map_err(io("connect", &addr.to_string()))?;
@@ -223,10 +241,14 @@ pub(crate) fn client(
     let shown = socket.display().to_string();
     let info = p.info(me.ctx.node().node.clone(), 4096, "shm", Some(shown), baseline);
     let mut rep = Reporter::new(out, p.json);
-    rep.begin(info, p.test.title(), if p.test.is_bw() { Layout::Bw } else { Layout::Lat })
-        .map_err(stdout_error)?;
+    rep.begin(info, p.test.title(), loopback::layout(p)).map_err(stdout_error)?;
+    // send_lat's answers land in the receive half: RECVs posted once for the session.
+    let mut rx = match p.test {
+        Test::SendLat => Some(Receiver::new(vec![&me.qp], &me.rcq, me.sge(half, p.max_size()), 4)?),
+        _ => None,
+    };
     for &size in &p.sizes {
-        rep.row(round(p, &me, &mut ctl, size, half)?).map_err(stdout_error)?;
+        rep.row(round(p, &me, &mut ctl, size, half, rx.as_mut())?).map_err(stdout_error)?;
     }
     ctl.send(&Ctl::Done.encode())?;
     rep.end().map_err(stdout_error)
@@ -243,7 +265,14 @@ fn baseline_lat(p: &Params, me: &Side, ctl: &mut Stream) -> Result<f64, CliError
     Ok(LatRow::new(8, s).t_typical_us)
 }
 
-fn round(p: &Params, me: &Side, ctl: &mut Stream, size: u64, half: u64) -> Result<Row, CliError> {
+fn round(
+    p: &Params,
+    me: &Side,
+    ctl: &mut Stream,
+    size: u64,
+    half: u64,
+    rx: Option<&mut Receiver<'_>>,
+) -> Result<Row, CliError> {
     let (name, last) = (p.test.name(), size - 1);
     let lat_write = p.test == Test::WriteLat;
     let pool = me.ctx.pool();
@@ -263,35 +292,47 @@ fn round(p: &Params, me: &Side, ctl: &mut Stream, size: u64, half: u64) -> Resul
     }
     let before = base(ctl)?;
     let addr = me.buf.addr() + if lat_write { half } else { 0 };
-    ctl.send(&Ctl::Round { size, iters: p.iters, addr, rkey: me.mr.rkey().0 }.encode())?;
+    // 0 iterations: a -D run, which this side ends (STOP, or End).
+    let iters = if p.duration.is_some() { 0 } else { p.iters };
+    ctl.send(&Ctl::Round { size, iters, addr, rkey: me.mr.rkey().0 }.encode())?;
     let Ctl::Ready { addr: raddr, rkey } = ctl.ctl()? else {
         return Err(peer_error(&ctl.peer, "expected READY from the server".into()));
     };
     let rkey = Rkey(rkey);
     let mut dog = Watchdog::new(p.timeout);
     let mut progress = Progress::new(format!("{name} {size} B"));
-    let until = Until::new(p.iters, None);
+    let until = Until::new(p.iters, p.duration);
+    let timed = p.duration.is_some();
+    let local = me.sge(0, if p.test.is_atomic() { 8 } else { size });
+    let wr = request(p, local, raddr, rkey);
     let row = match p.test {
-        Test::WriteBw | Test::ReadBw => {
-            let wr = request(p, me.sge(0, size), raddr, rkey);
+        Test::WriteBw | Test::ReadBw | Test::SendBw | Test::AtomicBw => {
             let plan = BwPlan { until, tx_depth: p.tx_depth, cq_mod: p.cq_mod };
             let mut pump = || Ok(());
             let qps = [&me.qp];
             let times =
                 bench::bw(name, &qps, &me.cq, wr, plan, &mut pump, &mut dog, &mut progress)?;
+            if p.test == Test::SendBw {
+                ctl.send(&Ctl::End.encode())?;
+            }
             Row::Bw(BwRow::from_times(size, 1, &times))
         }
-        Test::ReadLat => {
-            let wr = SendWr::read(0, me.sge(0, size), raddr, rkey);
+        Test::ReadLat | Test::AtomicLat => {
             let s = bench::one_at_a_time(name, &me.qp, &me.cq, wr, until, &mut dog, &mut progress)?;
-            Row::Lat(LatRow::new(size, s.us))
+            lat_row(size, s, timed, None)
         }
         Test::WriteLat => {
             let (post, poll) = (me.flag(last)?, me.flag(half + last)?);
             let plan = LatPlan { until, post: &post, poll: &poll, client: true };
-            let wr = SendWr::write(0, me.sge(0, size), raddr, rkey);
             let s = bench::pingpong(name, &me.qp, &me.cq, wr, &plan, &mut dog, &mut progress)?;
-            Row::Lat(LatRow::new(size, s.us))
+            lat_row(size, s, timed, None)
+        }
+        Test::SendLat => {
+            let Some(rx) = rx else {
+                return Err(CliError::invalid("perf", name, "send_lat receives on its QP"));
+            };
+            let s = bench::send_pingpong(name, &me.qp, &me.cq, rx, wr, until, true, &mut dog)?;
+            lat_row(size, s, timed, None)
         }
         t => {
             let detail = format!("{} is not measured with --socket", t.name());
@@ -361,19 +402,29 @@ pub(crate) fn server(
     let theirs = check_client(p, &peer, &ctl.recv(HELLO_LEN)?)?;
     let (half, buf_len) = layout(p.test, theirs.max_size);
     // One more page: the word of the cache-line ping-pong baseline.
-    let me = Side::open(socket, buf_len + PAGE_SIZE, 16, false)?;
+    let me = Side::open(socket, p.test, buf_len + PAGE_SIZE, 16, false)?;
     let mine =
         Hello { test: p.test, flags: 0, max_size: 0, baseline_port: 0, qps: 0, qpn: me.qp.qpn().0 };
     ctl.send(&mine.encode())?;
+    // The SEND tests' RECVs, posted once for the session when the client has connected the
+    // QPs (before its first round): send_bw's from byte 0, send_lat's into the receive half.
+    let mut rx: Option<Receiver<'_>> = None;
     let mut rounds = 0u64;
     loop {
         match ctl.ctl()? {
             Ctl::Round { size, iters, addr, rkey } => {
                 check(&peer, size, iters, theirs.max_size)?;
-                serve_round(p, &me, &mut ctl, (size, iters, half), addr, Rkey(rkey))?;
+                if rx.is_none() && p.test.is_send() {
+                    let (off, depth) =
+                        if p.test == Test::SendBw { (0, PERF_RX_DEPTH) } else { (half, 4) };
+                    let sge = me.sge(off, theirs.max_size);
+                    rx = Some(Receiver::new(vec![&me.qp], &me.rcq, sge, depth)?);
+                }
+                let round = (size, iters, half);
+                serve_round(p, &me, &mut ctl, round, addr, Rkey(rkey), rx.as_mut())?;
                 rounds += 1;
             }
-            Ctl::Baseline { iters, .. } if p.test == Test::WriteLat => {
+            Ctl::Baseline { iters, .. } if p.test.is_pingpong() => {
                 check(&peer, 8, iters, theirs.max_size.max(8))?;
                 let word = me.at(buf_len)?;
                 me.ctx.pool().store_u64(word, 0).map_err(|e| pool_error("the word", e))?;
@@ -388,15 +439,16 @@ pub(crate) fn server(
         .map_err(stdout_error)
 }
 
+/// A round's figures from the client, checked (0 iterations: a -D run the client ends).
 fn check(peer: &str, size: u64, iters: u64, max: u64) -> Result<(), CliError> {
-    if size == 0 || size > max || iters == 0 || iters > PERF_ITERS_MAX {
-        let d = format!("round of {iters} x {size} bytes outside 1..={PERF_ITERS_MAX} x 1..={max}");
+    if size == 0 || size > max || iters > PERF_ITERS_MAX {
+        let d = format!("round of {iters} x {size} bytes outside 0..={PERF_ITERS_MAX} x 1..={max}");
         return Err(peer_error(peer, d));
     }
     Ok(())
 }
 
-/// Answers READY and, for the WRITE ping-pong, plays the server's part.
+/// Answers READY and plays the server's part: the ping-pongs, `send_bw`'s RECVs.
 fn serve_round(
     p: &Params,
     me: &Side,
@@ -404,7 +456,9 @@ fn serve_round(
     (size, iters, half): (u64, u64, u64),
     addr: u64,
     rkey: Rkey,
+    rx: Option<&mut Receiver<'_>>,
 ) -> Result<(), CliError> {
+    let name = p.test.name();
     let lat = p.test == Test::WriteLat;
     let last = size - 1;
     let poll = me.flag(if lat { half + last } else { last })?;
@@ -413,14 +467,38 @@ fn serve_round(
     }
     let target = me.buf.addr() + if lat { half } else { 0 };
     ctl.send(&Ctl::Ready { addr: target, rkey: me.mr.rkey().0 }.encode())?;
-    if !lat {
-        return Ok(());
-    }
-    let post = me.flag(last)?;
-    let plan = LatPlan { until: Until::new(iters, None), post: &post, poll: &poll, client: false };
-    let wr = SendWr::write(0, me.sge(0, size), addr, rkey);
+    let until = Until::new(if iters == 0 { PERF_ITERS_MAX } else { iters }, None);
     let mut dog = Watchdog::new(p.timeout);
-    let mut progress = Progress::new(String::new());
-    bench::pingpong(p.test.name(), &me.qp, &me.cq, wr, &plan, &mut dog, &mut progress)?;
+    match (p.test, rx) {
+        (Test::WriteLat, _) => {
+            let post = me.flag(last)?;
+            let plan = LatPlan { until, post: &post, poll: &poll, client: false };
+            let wr = SendWr::write(0, me.sge(0, size), addr, rkey);
+            let mut progress = Progress::new(String::new());
+            bench::pingpong(name, &me.qp, &me.cq, wr, &plan, &mut dog, &mut progress)?;
+        }
+        (Test::SendLat, Some(rx)) => {
+            let wr = SendWr::send(0, me.sge(0, size));
+            bench::send_pingpong(name, &me.qp, &me.cq, rx, wr, until, false, &mut dog)?;
+        }
+        (Test::SendBw, Some(rx)) => loop {
+            // Re-post RECVs as the client's SENDs consume them, until its END.
+            // The control stream is looked at only when no SEND came (three system calls),
+            // and then the CPU is left to the client, whose library executes the SENDs.
+            let got = rx.pump(name)?;
+            let now = Instant::now();
+            if got > 0 {
+                dog.progress(now);
+                continue;
+            }
+            match ctl.try_ctl()? {
+                Some(Ctl::End) => break,
+                Some(m) => return Err(peer_error(&ctl.peer, format!("expected END, got {m:?}"))),
+                None => dog.check(now, "send_bw: the client's SENDs")?,
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        },
+        _ => {}
+    }
     Ok(())
 }

@@ -47,7 +47,7 @@ fn receivers<'a>(
     if !test.is_send() || qps.is_empty() {
         return Ok(None);
     }
-    Receiver::new(qps.iter().collect(), rcq, buf, off, max, depth).map(Some)
+    Receiver::new(qps.iter().collect(), rcq, buf.sge(off, max), depth).map(Some)
 }
 
 /// The client: connects, runs every message size, prints the results.
