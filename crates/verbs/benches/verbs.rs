@@ -9,6 +9,9 @@
 //! - `translate/{pinned,odp,file}`: the target is a pinned MR, an ODP MR whose pages are
 //!   resident (a translation hit in its page table) or a file MR whose pages are resident
 //!   (a hit in the translation it keeps from the extent map).
+//!
+//! And `ring/push_pop`: one completion entry pushed into and popped from a shared-memory ring
+//! (`shm::Ring`, the CQ and receive queues of the shared data path), one thread.
 
 use std::sync::Arc;
 
@@ -117,5 +120,21 @@ fn translate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, keys, translate);
+fn ring(c: &mut Criterion) {
+    use pinwheel_mm::PoolOffset;
+    use pinwheel_verbs::shm::{CQE_WORDS, Ring};
+    let pool = Pool::memfd("ring-bench", 16 << 20).expect("pool");
+    let r = Ring::create(&pool, PoolOffset::new(0), 1024, CQE_WORDS);
+    let mut out = [0u64; CQE_WORDS as usize];
+    let mut g = c.benchmark_group("ring");
+    g.bench_function("push_pop", |x| {
+        x.iter(|| {
+            r.push(&pool, black_box(&[1, 2, 3])).expect("room");
+            r.pop(&pool, &mut out).expect("an entry")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, keys, translate, ring);
 criterion_main!(benches);

@@ -76,8 +76,9 @@ impl Ring {
     }
 
     /// The ring at `base` (already zeroed) with `cap` entries of `words` words; writes the
-    /// geometry for other processes.
-    pub(crate) fn create(pool: &Pool, base: PoolOffset, cap: u64, words: u64) -> Ring {
+    /// geometry for other processes. The device creates its rings in blocks it owns; this is
+    /// public for benchmarks and tests of the ring itself.
+    pub fn create(pool: &Pool, base: PoolOffset, cap: u64, words: u64) -> Ring {
         let r = Ring { base: base.raw(), cap, words };
         // The pool range was allocated for this ring: these stores are in bounds.
         let _ = pool.store_u64(PoolOffset::new(r.base + CAP), cap);
