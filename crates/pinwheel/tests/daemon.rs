@@ -9,27 +9,16 @@ use std::time::Duration;
 use pinwheel::client::{Context, LeaseKind, QpInit};
 use pinwheel::fs::PinPolicy;
 use pinwheel::mm::Errno;
-use pinwheel::node::daemon::{Daemon, DaemonConfig};
+use pinwheel::node::daemon::Daemon;
 use pinwheel::node::proto::{AdminQuery, FsOp, Reply};
-use pinwheel::{Access, Node, NodeConfig, PoolSpec, SendWr, Sge, WcStatus};
+use pinwheel::{Access, SendWr, Sge, WcStatus};
+
+mod common;
 
 const T: Duration = Duration::from_secs(10);
 
 fn daemon(policy: PinPolicy) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(NodeConfig {
-        name: "test0".into(),
-        pool: PoolSpec::Memfd { size: 64 << 20 },
-        format: true,
-        policy,
-        lease_break: Duration::from_millis(300),
-        inodes: None,
-    })
-    .unwrap();
-    let d =
-        Daemon::start(node, DaemonConfig { socket: dir.path().join("node.sock"), listen: None })
-            .unwrap();
-    (d, dir)
+    common::daemon(policy, Duration::from_millis(300))
 }
 
 fn ps(ctx: &Context) -> pinwheel::node::proto::PsView {

@@ -10,27 +10,16 @@ use std::time::{Duration, Instant};
 
 use pinwheel::client::Context;
 use pinwheel::fs::PinPolicy;
-use pinwheel::node::daemon::{Daemon, DaemonConfig};
+use pinwheel::node::daemon::Daemon;
 use pinwheel::node::proto::{AdminQuery, FsOp, Reply};
-use pinwheel::{Node, NodeConfig, PoolSpec};
+
+mod common;
 
 const T: Duration = Duration::from_secs(20);
 const CHILD: &str = "PINWHEEL_DAX_CHILD";
 
 fn daemon() -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(NodeConfig {
-        name: "dax0".into(),
-        pool: PoolSpec::Memfd { size: 64 << 20 },
-        format: true,
-        policy: PinPolicy::Deny,
-        lease_break: Duration::from_millis(300),
-        inodes: None,
-    })
-    .unwrap();
-    let d = Daemon::start(node, DaemonConfig { socket: dir.path().join("n.sock"), listen: None })
-        .unwrap();
-    (d, dir)
+    common::daemon(PinPolicy::Deny, Duration::from_millis(300))
 }
 
 fn file(ctx: &Context, path: &str, pages: u64, byte: u8) -> u64 {

@@ -13,26 +13,7 @@ use common::*;
 use pinwheel::client::QpInit;
 use pinwheel::fs::PinPolicy;
 use pinwheel::mm::{Pool, PoolOffset};
-use pinwheel::node::daemon::{Daemon, DaemonConfig};
-use pinwheel::{Access, Node, NodeConfig, PoolSpec, RecvWr, SendWr, WcStatus};
-
-fn daemon_listening() -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(NodeConfig {
-        name: "hostile0".into(),
-        pool: PoolSpec::Memfd { size: 64 << 20 },
-        format: true,
-        policy: PinPolicy::Deny,
-        lease_break: Duration::from_millis(300),
-        inodes: None,
-    })
-    .unwrap();
-    let cfg = DaemonConfig {
-        socket: dir.path().join("node.sock"),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-    };
-    (Daemon::start(node, cfg).unwrap(), dir)
-}
+use pinwheel::{Access, RecvWr, SendWr, WcStatus};
 
 /// The bytes of the ring at `base`, from its geometry words (read before the scribbling).
 fn ring_bytes(pool: &Pool, base: PoolOffset) -> u64 {
@@ -56,7 +37,8 @@ fn scribble(pool: &Pool, base: PoolOffset, bytes: u64, x: &mut u64) {
 
 #[test]
 fn shm_garbage_in_a_clients_rings_breaks_only_that_client() {
-    let (d, _dir) = daemon_listening();
+    let listen = Some("127.0.0.1:0");
+    let (d, _dir) = daemon_on(PinPolicy::Deny, Duration::from_millis(300), listen);
     let addr = d.tcp_addr().unwrap().to_string();
 
     // The hostile client A: a QP to B on this node, and a QP over TCP to B's second QP.

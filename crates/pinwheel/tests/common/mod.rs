@@ -14,6 +14,15 @@ use pinwheel::{Access, Node, NodeConfig, PoolSpec, Qpn, Sge, WcOpcode, WcStatus,
 pub const T: Duration = Duration::from_secs(10);
 
 pub fn daemon(policy: PinPolicy, lease_break: Duration) -> (Daemon, tempfile::TempDir) {
+    daemon_on(policy, lease_break, None)
+}
+
+/// An in-process daemon on a fresh socket, also serving remote nodes on `listen` if given.
+pub fn daemon_on(
+    policy: PinPolicy,
+    lease_break: Duration,
+    listen: Option<&str>,
+) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::new(NodeConfig {
         name: "shm0".into(),
@@ -24,9 +33,11 @@ pub fn daemon(policy: PinPolicy, lease_break: Duration) -> (Daemon, tempfile::Te
         inodes: None,
     })
     .unwrap();
-    let d =
-        Daemon::start(node, DaemonConfig { socket: dir.path().join("node.sock"), listen: None })
-            .unwrap();
+    let d = Daemon::start(
+        node,
+        DaemonConfig { socket: dir.path().join("node.sock"), listen: listen.map(String::from) },
+    )
+    .unwrap();
     (d, dir)
 }
 
