@@ -412,6 +412,23 @@ fn reap(test: &str, cq: &dyn PerfCq, wcs: &mut [WorkCompletion]) -> Result<usize
     Ok(got)
 }
 
+/// Reaps the last `left` completions of a ping-pong (bounded by the watchdog).
+fn reap_rest(
+    test: &str,
+    cq: &dyn PerfCq,
+    wcs: &mut [WorkCompletion],
+    mut left: u64,
+    dog: &Watchdog,
+) -> Result<(), CliError> {
+    if left == 0 {
+        return Ok(());
+    }
+    spin_until(test, "waiting for the last completions", dog, || {
+        left = left.saturating_sub(reap(test, cq, wcs)? as u64);
+        Ok(left == 0)
+    })
+}
+
 /// How a latency run goes.
 #[derive(Debug)]
 pub(crate) struct LatPlan<'a> {
@@ -492,12 +509,7 @@ pub(crate) fn pingpong(
         i += 1;
     }
     let secs = t_start.elapsed().as_secs_f64();
-    while reaped < posted {
-        spin_until(test, "waiting for the last completions", dog, || {
-            reaped += reap(test, cq, &mut wcs)? as u64;
-            Ok(reaped >= posted)
-        })?;
-    }
+    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), dog)?;
     progress.done();
     Ok(Samples { us: samples, secs })
 }
@@ -625,12 +637,7 @@ pub(crate) fn send_pingpong(
         i += 1;
     }
     let secs = t_start.elapsed().as_secs_f64();
-    while reaped < posted {
-        spin_until(test, "waiting for the last completions", dog, || {
-            reaped += reap(test, cq, &mut wcs)? as u64;
-            Ok(reaped >= posted)
-        })?;
-    }
+    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), dog)?;
     Ok(Samples { us: samples, secs })
 }
 
