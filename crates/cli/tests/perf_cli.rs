@@ -112,6 +112,8 @@ struct Server {
     port: u16,
     /// Its stdout after the first line.
     lines: mpsc::Receiver<String>,
+    /// Its stderr, as read so far.
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -125,6 +127,16 @@ impl Server {
             .spawn()
             .unwrap();
         let stdout: ChildStdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let errs = std::sync::Arc::clone(&errors);
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut e = errs.lock().unwrap();
+                e.push_str(&l);
+                e.push('\n');
+            }
+        });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -148,7 +160,13 @@ impl Server {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {first:?}"));
-        Server { child, port, lines: rx }
+        Server { child, port, lines: rx, errors }
+    }
+
+    /// What it printed on stderr so far (for failure messages).
+    fn errors(&self) -> String {
+        std::thread::sleep(Duration::from_millis(50));
+        self.errors.lock().unwrap().clone()
     }
 
     /// What it printed after its first line (once it exited).
@@ -204,7 +222,7 @@ fn perf_tcp_write_bw_between_two_processes() {
     for f in ["bw_peak_mib_s", "bw_average_mib_s", "msg_rate_mpps", "baseline_mib_s", "ratio"] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
     }
-    assert!(server.wait().success(), "the server failed");
+    assert!(server.wait().success(), "the server failed: {}", server.errors());
     let rest = server.rest();
     assert!(rest.contains("served write_bw to"), "{rest}");
 }
@@ -218,7 +236,7 @@ fn perf_tcp_read_lat_between_two_processes() {
     let r = row_after(&out, " #bytes");
     assert_eq!((r[0], r[1]), (2.0, 300.0), "{out}");
     assert!(r[2] > 0.0 && r[2] <= r[4] && r[4] <= r[3], "{out}");
-    assert!(server.wait().success(), "the server failed");
+    assert!(server.wait().success(), "the server failed: {}", server.errors());
 }
 
 #[test]
@@ -240,7 +258,7 @@ fn perf_tcp_write_lat_ping_pong_between_two_processes() {
     let r = &v["results"][0];
     assert_eq!((r["bytes"].as_u64(), r["iterations"].as_u64()), (Some(64), Some(200)));
     assert!(r["t_typical_us"].as_f64().is_some_and(|x| x > 0.0), "{v:#}");
-    assert!(server.wait().success(), "the server failed");
+    assert!(server.wait().success(), "the server failed: {}", server.errors());
 }
 
 #[test]
@@ -366,7 +384,7 @@ fn perf_socket_write_bw_and_write_lat_between_two_client_processes() {
     for f in ["bw_average_mib_s", "baseline_mib_s", "ratio"] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
     }
-    assert!(server.wait().success(), "the server failed");
+    assert!(server.wait().success(), "the server failed: {}", server.errors());
     assert!(server.rest().contains("served write_bw to"));
 
     let mut server = Server::start("write_lat", &["--socket", &d.sock]);
@@ -378,7 +396,7 @@ fn perf_socket_write_bw_and_write_lat_between_two_client_processes() {
     for f in ["t_typical_us", "baseline_us", "ratio"] {
         assert!(r[f].as_f64().is_some_and(|x| x > 0.0), "{f}: {v:#}");
     }
-    assert!(server.wait().success(), "the server failed");
+    assert!(server.wait().success(), "the server failed: {}", server.errors());
 }
 
 /// The SEND and atomic tests and -D between two client processes: the server keeps RECVs
@@ -512,7 +530,7 @@ fn perf_tcp_send_and_atomic_tests_between_two_processes() {
         assert_eq!(r["iterations"], 200, "{test}: {v:#}");
         let key = if test.ends_with("_bw") { "bw_average_mib_s" } else { "t_typical_us" };
         assert!(r[key].as_f64().is_some_and(|x| x > 0.0), "{test}: {v:#}");
-        assert!(server.wait().success(), "{test}: the server failed");
+        assert!(server.wait().success(), "{test}: the server failed: {}", server.errors());
         assert!(server.rest().contains(&format!("served {test} to")));
     }
 }
@@ -526,7 +544,7 @@ fn perf_tcp_duration_ping_pong_ends_with_stop() {
         let r = row_after(&out, " #bytes        #iterations");
         assert!(r[1] > 0.0, "{out}");
         // The server must have seen the STOP: it exits by itself.
-        assert!(server.wait().success(), "{test}: the server did not end");
+        assert!(server.wait().success(), "{test}: the server failed: {}", server.errors());
     }
 }
 

@@ -412,19 +412,29 @@ fn reap(test: &str, cq: &dyn PerfCq, wcs: &mut [WorkCompletion]) -> Result<usize
     Ok(got)
 }
 
-/// Reaps the last `left` completions of a ping-pong (bounded by the watchdog).
+/// Reaps the last `left` completions of a ping-pong (bounded by the watchdog). `after_stop`:
+/// the peer ended the run with its STOP and may already have torn its QP down, so a flushed
+/// completion of this side's last answer is not an error.
 fn reap_rest(
     test: &str,
     cq: &dyn PerfCq,
     wcs: &mut [WorkCompletion],
     mut left: u64,
+    after_stop: bool,
     dog: &Watchdog,
 ) -> Result<(), CliError> {
     if left == 0 {
         return Ok(());
     }
     spin_until(test, "waiting for the last completions", dog, || {
-        left = left.saturating_sub(reap(test, cq, wcs)? as u64);
+        let got = cq.poll(wcs)?;
+        for wc in &wcs[..got] {
+            let flushed = after_stop && wc.status == WcStatus::WrFlushErr;
+            if wc.status != WcStatus::Success && !flushed {
+                return Err(bad_completion(test, wc));
+            }
+        }
+        left = left.saturating_sub(got as u64);
         Ok(left == 0)
     })
 }
@@ -468,6 +478,7 @@ pub(crate) fn pingpong(
         Vec::with_capacity(if plan.client && !until.timed() { until.iters as usize } else { 0 });
     let mut wcs = vec![blank_wc(); 16];
     let (mut posted, mut reaped) = (0u64, 0u64);
+    let mut stopped = false;
     let t_start = Instant::now();
     let mut i = 0u64;
     loop {
@@ -487,6 +498,7 @@ pub(crate) fn pingpong(
                 Ok(seen == v || seen == STOP)
             })?;
             if seen == STOP {
+                stopped = true;
                 break;
             }
         }
@@ -509,7 +521,7 @@ pub(crate) fn pingpong(
         i += 1;
     }
     let secs = t_start.elapsed().as_secs_f64();
-    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), dog)?;
+    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), stopped, dog)?;
     progress.done();
     Ok(Samples { us: samples, secs })
 }
@@ -569,6 +581,10 @@ impl<'a> Receiver<'a> {
     pub(crate) fn pump(&mut self, test: &str) -> Result<u64, CliError> {
         let got = self.cq.poll(&mut self.wcs)?;
         for wc in &self.wcs[..got] {
+            // After the peer's STOP its QP may be gone: the RECVs left are flushed.
+            if self.stopped && wc.status == WcStatus::WrFlushErr {
+                continue;
+            }
             if wc.status != WcStatus::Success {
                 return Err(bad_completion(test, wc));
             }
@@ -637,7 +653,7 @@ pub(crate) fn send_pingpong(
         i += 1;
     }
     let secs = t_start.elapsed().as_secs_f64();
-    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), dog)?;
+    reap_rest(test, cq, &mut wcs, posted.saturating_sub(reaped), !client && rx.stopped, dog)?;
     Ok(Samples { us: samples, secs })
 }
 
