@@ -658,43 +658,26 @@ impl QueuePair {
         for (a, b) in [(self, other), (other, self)] {
             let init =
                 QpAttr { qp_state: QpState::Init, qp_access_flags: access, ..QpAttr::default() };
-            a.modify(
-                &init,
-                QpAttrMask::STATE
-                    | QpAttrMask::PKEY_INDEX
-                    | QpAttrMask::PORT
-                    | QpAttrMask::ACCESS_FLAGS,
-            )?;
+            a.step(QpState::Reset, &init)?;
             let rtr = QpAttr {
                 qp_state: QpState::Rtr,
                 dest_qp_num: b.qpn(),
                 ah: AddressHandle::Local,
                 ..QpAttr::default()
             };
-            a.modify(
-                &rtr,
-                QpAttrMask::STATE
-                    | QpAttrMask::AV
-                    | QpAttrMask::PATH_MTU
-                    | QpAttrMask::DEST_QPN
-                    | QpAttrMask::RQ_PSN
-                    | QpAttrMask::MAX_DEST_RD_ATOMIC
-                    | QpAttrMask::MIN_RNR_TIMER,
-            )?;
+            a.step(QpState::Init, &rtr)?;
         }
         for q in [self, other] {
-            let rts = QpAttr { qp_state: QpState::Rts, ..QpAttr::default() };
-            q.modify(
-                &rts,
-                QpAttrMask::STATE
-                    | QpAttrMask::SQ_PSN
-                    | QpAttrMask::TIMEOUT
-                    | QpAttrMask::RETRY_CNT
-                    | QpAttrMask::RNR_RETRY
-                    | QpAttrMask::MAX_QP_RD_ATOMIC,
-            )?;
+            q.step(QpState::Rtr, &QpAttr { qp_state: QpState::Rts, ..QpAttr::default() })?;
         }
         Ok(())
+    }
+
+    /// One step of a connection (what rdma_cm does): `modify` to `attr.qp_state` from `from`
+    /// with exactly the attributes the RC table requires for that transition.
+    pub(crate) fn step(&self, from: QpState, attr: &QpAttr) -> VerbsResult<()> {
+        let required = transition(from, attr.qp_state).map_or(QpAttrMask::empty(), |t| t.required);
+        self.modify(attr, QpAttrMask::STATE | required)
     }
 
     /// `ibv_post_send`. Work requests run in order; completions arrive on the send CQ.

@@ -15,7 +15,7 @@ use crate::limits::WIRE_STALL_MS;
 use crate::qp::{AddressHandle, QpAttr, QpInitAttr, QueuePair};
 use crate::transport::tcp::{self, Link};
 use crate::transport::wire::{HEADER, Header, Hello, Kind};
-use crate::types::{Access, Psn, QpAttrMask, QpState, Qpn};
+use crate::types::{Access, Psn, QpState, Qpn};
 
 fn setup_socket(s: &TcpStream) -> std::io::Result<()> {
     s.set_nodelay(true)?;
@@ -54,10 +54,7 @@ fn establish(
         .map_err(|e| VerbsError::io("peer address", &e))?;
     let link = Arc::new(link);
     let init = QpAttr { qp_state: QpState::Init, qp_access_flags: access, ..QpAttr::default() };
-    qp.modify(
-        &init,
-        QpAttrMask::STATE | QpAttrMask::PKEY_INDEX | QpAttrMask::PORT | QpAttrMask::ACCESS_FLAGS,
-    )?;
+    qp.step(QpState::Reset, &init)?;
     let rtr = QpAttr {
         qp_state: QpState::Rtr,
         dest_qp_num: Qpn(remote.qpn),
@@ -65,25 +62,10 @@ fn establish(
         ah: AddressHandle::Remote(Arc::clone(&link)),
         ..QpAttr::default()
     };
-    qp.modify(
-        &rtr,
-        QpAttrMask::STATE
-            | QpAttrMask::AV
-            | QpAttrMask::PATH_MTU
-            | QpAttrMask::DEST_QPN
-            | QpAttrMask::RQ_PSN
-            | QpAttrMask::MAX_DEST_RD_ATOMIC
-            | QpAttrMask::MIN_RNR_TIMER,
-    )?;
-    let rts = QpAttr { qp_state: QpState::Rts, sq_psn: Psn(psn), ..QpAttr::default() };
-    qp.modify(
-        &rts,
-        QpAttrMask::STATE
-            | QpAttrMask::SQ_PSN
-            | QpAttrMask::TIMEOUT
-            | QpAttrMask::RETRY_CNT
-            | QpAttrMask::RNR_RETRY
-            | QpAttrMask::MAX_QP_RD_ATOMIC,
+    qp.step(QpState::Init, &rtr)?;
+    qp.step(
+        QpState::Rtr,
+        &QpAttr { qp_state: QpState::Rts, sq_psn: Psn(psn), ..QpAttr::default() },
     )?;
     // The reader starts once the QP is in RTS: a peer that hangs up right after the
     // handshake (a server refusing the private data) is a disconnect of an established
