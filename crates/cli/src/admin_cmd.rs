@@ -29,12 +29,7 @@ pub struct AdminArgs {
 /// Opens a handle on the node at `socket` (or the default).
 pub fn connect(socket: &Option<PathBuf>, op: &'static str) -> Result<Context, CliError> {
     let path = socket.clone().unwrap_or_else(pinwheel::client::default_socket);
-    Context::connect(&path).map_err(|e| CliError::Refused {
-        op,
-        target: path.display().to_string(),
-        errno: e.errno(),
-        detail: e.message().to_string(),
-    })
+    Context::connect(&path).map_err(|e| client_err(op, &path.display().to_string(), e))
 }
 
 /// A client error as a CLI error.

@@ -19,7 +19,7 @@ use crate::perf::host::Buffer;
 /// perftest's MB: 2^20 bytes.
 const MIB: f64 = 1_048_576.0;
 
-fn rate(size: u64, iters: u64, secs: f64) -> f64 {
+pub(crate) fn rate(size: u64, iters: u64, secs: f64) -> f64 {
     size as f64 * iters as f64 / secs.max(1e-9) / MIB
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use pinwheel::{RecvWr, SendWr, Sge, WcOpcode, WcStatus, WorkCompletion};
 
+use crate::admin_cmd::client_err;
 use crate::error::CliError;
 use crate::limits::{PERF_PROGRESS_MS, PERF_SPINS_BEFORE_YIELD};
 use crate::perf::host::Flag;
@@ -170,30 +171,23 @@ impl PerfCq for pinwheel::CompletionQueue {
     }
 }
 
-pub(crate) fn client_error(test: &str, e: pinwheel::client::Error) -> CliError {
-    CliError::Refused {
-        op: "perf",
-        target: test.to_string(),
-        errno: e.errno(),
-        detail: e.message().to_string(),
-    }
-}
-
 impl PerfQp for pinwheel::client::QueuePair {
     fn post(&self, test: &str, wr: &SendWr) -> Result<(), CliError> {
-        self.post_send(std::slice::from_ref(wr)).map_err(|e| client_error(test, e))
+        self.post_send(std::slice::from_ref(wr)).map_err(|e| client_err("perf", test, e))
     }
     fn qpn(&self) -> u32 {
         pinwheel::client::QueuePair::qpn(self).0
     }
     fn post_recv(&self, wrs: &[RecvWr]) -> Result<(), CliError> {
-        pinwheel::client::QueuePair::post_recv(self, wrs).map_err(|e| client_error("RECVs", e))
+        pinwheel::client::QueuePair::post_recv(self, wrs)
+            .map_err(|e| client_err("perf", "RECVs", e))
     }
 }
 
 impl PerfCq for pinwheel::client::CompletionQueue {
     fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize, CliError> {
-        pinwheel::client::CompletionQueue::poll(self, out).map_err(|e| client_error("poll", e))
+        pinwheel::client::CompletionQueue::poll(self, out)
+            .map_err(|e| client_err("perf", "poll", e))
     }
     fn wait(&self, d: Duration) {
         let _ = pinwheel::client::CompletionQueue::wait(self, d);

@@ -235,28 +235,37 @@ impl Buffer {
     /// baseline of the loopback bandwidth tests: one thread, the same frames the RDMA
     /// transfer moves between).
     pub(crate) fn copy_to(&self, dst: &Buffer, len: u64) -> Result<(), CliError> {
-        let pool = self.mem.pool();
-        let (mut si, mut so, mut di, mut d_off, mut left) = (0usize, 0u64, 0usize, 0u64, len);
-        while left > 0 {
-            let (Some(&(sp, sl)), Some(&(dp, dl))) = (self.segments.get(si), dst.segments.get(di))
-            else {
-                return Err(CliError::invalid("perf", "buffer", "copy beyond it"));
-            };
-            let n = (sl - so).min(dl - d_off).min(left);
-            pool.copy(PoolOffset::new(sp.raw() + so), PoolOffset::new(dp.raw() + d_off), n)
-                .map_err(|e| pool_error("copy", e))?;
-            so += n;
-            d_off += n;
-            left -= n;
-            if so == sl {
-                si += 1;
-                so = 0;
-            }
-            if d_off == dl {
-                di += 1;
-                d_off = 0;
-            }
-        }
-        Ok(())
+        copy_pieces(self.mem.pool(), &self.segments, &dst.segments, len)
     }
+}
+
+/// Copies `len` bytes from the pool pieces `src` to the pool pieces `dst` (each physically
+/// contiguous, in order) with the pool's copies: the memcpy baselines.
+pub(crate) fn copy_pieces(
+    pool: &Pool,
+    src: &[(PoolOffset, u64)],
+    dst: &[(PoolOffset, u64)],
+    len: u64,
+) -> Result<(), CliError> {
+    let (mut si, mut so, mut di, mut d_off, mut left) = (0usize, 0u64, 0usize, 0u64, len);
+    while left > 0 {
+        let (Some(&(sp, sl)), Some(&(dp, dl))) = (src.get(si), dst.get(di)) else {
+            return Err(CliError::invalid("perf", "buffer", "copy beyond it"));
+        };
+        let n = (sl - so).min(dl - d_off).min(left);
+        pool.copy(PoolOffset::new(sp.raw() + so), PoolOffset::new(dp.raw() + d_off), n)
+            .map_err(|e| pool_error("copy", e))?;
+        so += n;
+        d_off += n;
+        left -= n;
+        if so == sl {
+            si += 1;
+            so = 0;
+        }
+        if d_off == dl {
+            di += 1;
+            d_off = 0;
+        }
+    }
+    Ok(())
 }

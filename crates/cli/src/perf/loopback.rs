@@ -67,7 +67,11 @@ pub(crate) fn run(p: &Params, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let client = End { buf: &client_buf, qps: cqps, cq: &ccq, rcq: &crcq };
     let server = End { buf: &server_buf, qps: sqps, cq: &scq, rcq: &srcq };
-    let baseline = "memcpy between the same two buffers of the pool, one thread";
+    let baseline = if p.test.is_bw() {
+        "memcpy between the same two buffers of the pool, one thread"
+    } else {
+        pingpong::DESCRIPTION
+    };
     let attr = host.node.device.attr();
     let info = p.info(attr.name, attr.active_mtu, "loopback", None, baseline);
     let mut rep = Reporter::new(out, p.json);

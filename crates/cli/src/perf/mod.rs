@@ -601,11 +601,7 @@ impl Params {
                 AtomicType::CmpAndSwap => "CMP_AND_SWAP",
             }),
             mr_kind: None,
-            baseline: self.compare.then_some(if self.test.is_bw() || transport == "shm" {
-                baseline
-            } else {
-                pingpong::DESCRIPTION
-            }),
+            baseline: self.compare.then_some(baseline),
             bw_unit: "MiB/s",
         }
     }

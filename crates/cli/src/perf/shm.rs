@@ -24,20 +24,19 @@ use pinwheel::client::{Buffer, CompletionQueue, Context, MemoryRegion, QpInit, Q
 use pinwheel::mm::{Errno, PAGE_SIZE, Pool, PoolOffset};
 use pinwheel::{Access, Qpn, Rkey, SendWr, Sge};
 
+use crate::admin_cmd::client_err;
 use crate::error::CliError;
 use crate::limits::{PERF_ITERS_MAX, PERF_RX_DEPTH};
-use crate::perf::bench::{
-    self, BwPlan, LatPlan, Progress, Receiver, Until, Watchdog, client_error, spin_until,
-};
+use crate::perf::bench::{self, BwPlan, LatPlan, Progress, Receiver, Until, Watchdog, spin_until};
 use crate::perf::ctl::{CTL_LEN, Ctl, HELLO_LEN, Hello, peer_error, resolve, stdout_error};
-use crate::perf::host::{Flag, PoolRef, pool_error};
+use crate::perf::host::{Flag, PoolRef, copy_pieces, pool_error};
 use crate::perf::report::{BwRow, LatRow, Reporter, Row, lat_row};
 use crate::perf::tcp::{check_client, layout};
-use crate::perf::{Params, Test, loopback, request};
+use crate::perf::{Params, Test, baseline, loopback, request};
 
 fn io(what: &str, target: &str) -> impl FnOnce(std::io::Error) -> CliError {
     let (what, target) = (what.to_string(), target.to_string());
-    move |e| CliError::Io { op: "perf", path: target, what, error: e }
+    move |e| CliError::io("perf", target, what, e)
 }
 
 /// One side: a client handle of the node and what it opened.
@@ -61,8 +60,8 @@ impl Side {
 
     fn connect(socket: &Path) -> Result<Context, CliError> {
         let shown = socket.display().to_string();
-        let ctx =
-            Context::connect(socket).map_err(|e| client_error(&format!("{shown}: connect"), e))?;
+        let ctx = Context::connect(socket)
+            .map_err(|e| client_err("perf", &format!("{shown}: connect"), e))?;
         if !ctx.shared_data_path() {
             return Err(CliError::invalid(
                 "perf",
@@ -83,7 +82,7 @@ impl Side {
         let shown = socket.display().to_string();
         let e = |what: &'static str| {
             let shown = shown.clone();
-            move |e| client_error(&format!("{shown}: {what}"), e)
+            move |e| client_err("perf", &format!("{shown}: {what}"), e)
         };
         let ctx = Side::connect(socket)?;
         let pd = ctx.alloc_pd().map_err(e("alloc_pd"))?;
@@ -105,7 +104,7 @@ impl Side {
 
     /// Pool offset of byte `off` of the buffer.
     fn at(&self, off: u64) -> Result<PoolOffset, CliError> {
-        let p = self.buf.pool_pieces(off, 1).map_err(|e| client_error("buffer", e))?;
+        let p = self.buf.pool_pieces(off, 1).map_err(|e| client_err("perf", "buffer", e))?;
         p.first().map(|x| x.0).ok_or_else(|| CliError::invalid("perf", "buffer", "empty"))
     }
 
@@ -186,26 +185,13 @@ fn line_pingpong(
 
 /// Copies `size` bytes from `src` to `dst` (pool pieces), `iters` times; MiB/s.
 fn memcpy(pool: &Pool, src: &Buffer, dst: &Buffer, size: u64, iters: u64) -> Result<f64, CliError> {
-    let pieces = |b: &Buffer| b.pool_pieces(0, size).map_err(|e| client_error("buffer", e));
+    let pieces = |b: &Buffer| b.pool_pieces(0, size).map_err(|e| client_err("perf", "buffer", e));
     let (s, d) = (pieces(src)?, pieces(dst)?);
     let t0 = Instant::now();
     for _ in 0..iters {
-        let (mut si, mut so, mut di, mut doff) = (0usize, 0u64, 0usize, 0u64);
-        while let (Some(&(sp, sl)), Some(&(dp, dl))) = (s.get(si), d.get(di)) {
-            let n = (sl - so).min(dl - doff);
-            pool.copy(PoolOffset::new(sp.raw() + so), PoolOffset::new(dp.raw() + doff), n)
-                .map_err(|e| pool_error("copy", e))?;
-            (so, doff) = (so + n, doff + n);
-            if so == sl {
-                (si, so) = (si + 1, 0);
-            }
-            if doff == dl {
-                (di, doff) = (di + 1, 0);
-            }
-        }
+        copy_pieces(pool, &s, &d, size)?;
     }
-    let secs = t0.elapsed().as_secs_f64().max(1e-9);
-    Ok(size as f64 * iters as f64 / secs / 1_048_576.0)
+    Ok(baseline::rate(size, iters, t0.elapsed().as_secs_f64()))
 }
 
 /// The client: meets the server, connects the QPs, runs every message size, prints.
@@ -232,7 +218,9 @@ pub(crate) fn client(
             format!("the server runs {}, this client {}", theirs.test.name(), p.test.name());
         return Err(CliError::invalid("perf", &ctl.peer, detail));
     }
-    me.qp.connect(Qpn(theirs.qpn), Access::all_rw()).map_err(|e| client_error("connect", e))?;
+    me.qp
+        .connect(Qpn(theirs.qpn), Access::all_rw())
+        .map_err(|e| client_err("perf", "connect", e))?;
     let baseline = if p.test.is_bw() {
         "memcpy between two buffers of the pool, one thread"
     } else {

@@ -108,7 +108,11 @@ pub(crate) fn client(
     // The client receives only in the SEND ping-pong.
     let mine = if p.test == Test::SendLat { &qps[..] } else { &[] };
     let mut rxs = receivers(p.test, mine, &rcq, &buf, half, p.max_size())?;
-    let baseline = "a plain TCP stream between the same two processes";
+    let baseline = if p.test.is_bw() {
+        "a plain TCP stream between the same two processes"
+    } else {
+        pingpong::DESCRIPTION
+    };
     let attr = host.node.device.attr();
     let info = p.info(attr.name, attr.active_mtu, "tcp", Some(target.clone()), baseline);
     let mut rep = Reporter::new(out, p.json);
