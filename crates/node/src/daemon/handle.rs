@@ -252,6 +252,22 @@ impl HandleState {
         })
     }
 
+    /// A QP connected over TCP (either side): the handle's object, the node's by number.
+    fn adopt_qp(
+        &self,
+        shared: &Arc<Shared>,
+        qp: pinwheel_verbs::QueuePair,
+        pd: ObjId,
+        init: &WireQpInit,
+        peer_private: Vec<u8>,
+    ) -> Answer {
+        let qpn = qp.qpn().0;
+        let cqs = [init.send_cq, init.recv_cq];
+        let id = self.insert(Obj::Qp { qp: qp.clone(), pd, cqs })?;
+        shared.qps.lock().insert(qpn, qp);
+        Ok(Reply::Qp { qp: WireQp { id, qpn }, private: peer_private })
+    }
+
     fn qp_init(&self, i: &WireQpInit) -> Result<QpInitAttr, WireError> {
         Ok(QpInitAttr {
             send_cq: self.cq(i.send_cq)?,
@@ -383,8 +399,7 @@ impl HandleState {
             }
             Request::ConnectQp { qp, peer_qpn, access } => {
                 let me = self.qp(qp)?;
-                let access = Access::from_bits(access)
-                    .ok_or_else(|| err(Errno::EINVAL, format!("access flags {access:#x}")))?;
+                let access = access_flags(access)?;
                 let peer = shared.qps.lock().get(&peer_qpn).cloned().ok_or_else(|| {
                     err(Errno::ENOENT, format!("QP {peer_qpn:#x}: no such QP on this node"))
                 })?;
@@ -393,21 +408,15 @@ impl HandleState {
             }
             Request::ConnectTcp { pd, init, addr, access, private } => {
                 let p = self.pd(pd)?;
-                let access = Access::from_bits(access)
-                    .ok_or_else(|| err(Errno::EINVAL, format!("access flags {access:#x}")))?;
+                let access = access_flags(access)?;
                 let (qp, peer_private) = p
                     .connect(&addr, self.qp_init(&init)?, access, &private, Duration::from_secs(10))
                     .map_err(verr)?;
-                let qpn = qp.qpn().0;
-                let cqs = [init.send_cq, init.recv_cq];
-                let id = self.insert(Obj::Qp { qp: qp.clone(), pd, cqs })?;
-                shared.qps.lock().insert(qpn, qp);
-                Ok(Reply::Qp { qp: WireQp { id, qpn }, private: peer_private })
+                self.adopt_qp(shared, qp, pd, &init, peer_private)
             }
             Request::Accept { pd, init, access, private, wait_ms } => {
                 let p = self.pd(pd)?;
-                let access = Access::from_bits(access)
-                    .ok_or_else(|| err(Errno::EINVAL, format!("access flags {access:#x}")))?;
+                let access = access_flags(access)?;
                 let listener = shared.listener.as_ref().ok_or_else(|| {
                     err(Errno::ENOTCONN, "the daemon was started without --listen")
                 })?;
@@ -415,11 +424,7 @@ impl HandleState {
                 let (qp, peer_private) = listener
                     .accept(&p, self.qp_init(&init)?, access, &private, wait)
                     .map_err(verr)?;
-                let qpn = qp.qpn().0;
-                let cqs = [init.send_cq, init.recv_cq];
-                let id = self.insert(Obj::Qp { qp: qp.clone(), pd, cqs })?;
-                shared.qps.lock().insert(qpn, qp);
-                Ok(Reply::Qp { qp: WireQp { id, qpn }, private: peer_private })
+                self.adopt_qp(shared, qp, pd, &init, peer_private)
             }
             Request::QpToError { qp } => {
                 let q = self.qp(qp)?;
@@ -645,8 +650,7 @@ impl HandleState {
 
     fn reg_mr(&self, shared: &Arc<Shared>, pd: ObjId, target: MrTarget, access: u32) -> Answer {
         let p = self.pd(pd)?;
-        let access = Access::from_bits(access)
-            .ok_or_else(|| err(Errno::EINVAL, format!("access flags {access:#x}")))?;
+        let access = access_flags(access)?;
         let mr = match target {
             MrTarget::Memory { addr, len, on_demand } => {
                 let access = if on_demand { access | Access::ON_DEMAND } else { access };
@@ -720,4 +724,9 @@ impl Shared {
             region: self.node.device.region_offset().map(|o| o.raw()),
         }
     }
+}
+
+/// Access flags from the wire; `EINVAL` naming them if they are not flags.
+fn access_flags(bits: u32) -> Result<Access, WireError> {
+    Access::from_bits(bits).ok_or_else(|| err(Errno::EINVAL, format!("access flags {bits:#x}")))
 }
