@@ -70,23 +70,18 @@ impl Proc {
     }
 
     fn term_and_wait(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
+        let c = self.child.as_ref().unwrap();
         let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("did not exit on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.exit_within("did not exit on SIGTERM")
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.exit_within("did not exit")
+    }
+
+    /// Waits up to `T` for the process to exit; kills it and fails with `what` if not.
+    fn exit_within(&mut self, what: &str) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
         let deadline = Instant::now() + T;
         loop {
@@ -95,7 +90,7 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("did not exit");
+                panic!("{what}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
