@@ -8,7 +8,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use pinwheel_mm::{PAGE_SIZE, PoolOffset};
+use pinwheel_mm::{PAGE_SIZE, Pfn, PoolOffset};
 
 use crate::breaking::LayoutReason;
 use crate::error::{FsError, FsResult};
@@ -24,12 +24,23 @@ fn pages_of(off: u64, len: u64) -> Range<u64> {
 impl Shared {
     /// Copies file bytes `[off, off + buf.len())` (inside the file) out of the blocks.
     pub(crate) fn read_blocks(&self, lay: &Layout, off: u64, buf: &mut [u8]) -> FsResult<()> {
+        self.read_frames(off, buf, |page| lay.extents.lookup(page))
+    }
+
+    /// Copies bytes `[off, off + buf.len())` of a file out of the frame `frame(page)` names
+    /// for each of its pages; a page with none (a hole) reads as zeros.
+    pub(crate) fn read_frames(
+        &self,
+        off: u64,
+        buf: &mut [u8],
+        frame: impl Fn(u64) -> Option<Pfn>,
+    ) -> FsResult<()> {
         let pool = self.mem().pool();
         let mut done = 0usize;
         while done < buf.len() {
             let at = off + done as u64;
             let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
-            match lay.extents.lookup(at / PAGE_SIZE) {
+            match frame(at / PAGE_SIZE) {
                 Some(pfn) => pool
                     .read(
                         PoolOffset::new(pfn.offset().raw() + at % PAGE_SIZE),

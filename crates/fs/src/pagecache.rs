@@ -53,25 +53,11 @@ impl Shared {
         off: u64,
         buf: &mut [u8],
     ) -> FsResult<()> {
-        let pool = self.mem().pool();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = off + done as u64;
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(buf.len() - done);
-            let cached = inode.cache.lock().get(&(at / PAGE_SIZE)).copied();
-            let src = cached.or_else(|| lay.extents.lookup(at / PAGE_SIZE));
-            match src {
-                Some(pfn) => pool
-                    .read(
-                        PoolOffset::new(pfn.offset().raw() + at % PAGE_SIZE),
-                        &mut buf[done..done + n],
-                    )
-                    .map_err(FsError::Mm)?,
-                None => buf[done..done + n].fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+        // The cached page if there is one, else the block.
+        self.read_frames(off, buf, |page| {
+            let cached = inode.cache.lock().get(&page).copied();
+            cached.or_else(|| lay.extents.lookup(page))
+        })
     }
 
     fn cache_store(&self, inode: &Inode, lay: &Layout, off: u64, data: &[u8]) -> FsResult<()> {
